@@ -1,0 +1,30 @@
+"""Diffusion math: pure functions on tensors (no nn.Module state, no Lightning)."""
+
+from latentvid.diffusion.guidance import classifier_free_guidance, clip_denoised
+from latentvid.diffusion.parameterization import (
+    TARGETS,
+    diffuse,
+    eps_from_v,
+    eps_from_x0,
+    masked_mse,
+    prediction_to_x0,
+    snr_loss_weight,
+    training_target,
+    v_from_x0_eps,
+    x0_from_eps,
+    x0_from_v,
+)
+from latentvid.diffusion.samplers import SAMPLERS, sample_ancestral, sample_ddim
+from latentvid.diffusion.schedule import (
+    CosineSchedule,
+    LinearLogSNRSchedule,
+    Schedule,
+    alpha_sigma,
+    cosine_logsnr,
+    cosine_t_from_logsnr,
+    linear_logsnr,
+    logsnr_from_alpha_sigma,
+    time_grid,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]
