@@ -1,0 +1,172 @@
+"""Map-style video-text and image-text datasets over a folder with a JSONL index.
+
+Both yield the same item so they can be mixed in one batch (an image is a one-frame video)::
+
+    {"video": float32 (3, T, H, W) in [-1, 1], "caption": str, "fps": float32 scalar tensor,
+     "frame_mask": bool (T,), "key": str}
+
+Frames beyond a clip's length are zeros with ``frame_mask`` False.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from latentvid.data.video import from_uint8, read_frames, read_image, video_info
+
+Size = int | tuple[int, int] | None
+
+
+def read_index(
+    root: str | os.PathLike, index: str, required: tuple[str, ...] = ("key", "path", "caption")
+) -> list[dict[str, Any]]:
+    """Parse ``root/index`` (JSON lines) and check every row.
+
+    Each row needs the ``required`` keys; ``path`` is resolved against ``root`` and must exist.
+    Errors name the file, the line number and the offending key or path.
+    """
+    index_path = Path(root) / index
+    if not index_path.is_file():
+        raise FileNotFoundError(f"index file not found: {index_path}")
+    rows = []
+    with open(index_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{index_path}:{lineno}: invalid JSON ({err})") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{index_path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(
+                    f"{index_path}:{lineno}: missing key(s) {missing} (required: {list(required)})"
+                )
+            file = Path(root) / row["path"]
+            if not file.is_file():
+                raise FileNotFoundError(f"{index_path}:{lineno}: file not found: {file}")
+            rows.append({**row, "path": str(file)})
+    if not rows:
+        raise ValueError(f"index file {index_path} has no entries")
+    return rows
+
+
+def _pad_frames(frames: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (t, H, W, 3), t <= T -> float clip (3, T, H, W) zero-padded, frame mask (T,) bool."""
+    clip = from_uint8(frames)  # (3, t, H, W)
+    t = clip.shape[1]
+    mask = torch.zeros(num_frames, dtype=torch.bool)
+    mask[:t] = True
+    if t < num_frames:
+        pad = clip.new_zeros(clip.shape[0], num_frames - t, *clip.shape[2:])
+        clip = torch.cat([clip, pad], dim=1)  # (3, T, H, W)
+    return clip, mask
+
+
+class VideoTextDataset(Dataset):
+    """Clips listed in a JSONL index, each decoded once and kept in memory as uint8.
+
+    Args:
+        root: folder holding the index; ``path`` entries are relative to it.
+        index: JSONL file name inside ``root``; rows need ``key``, ``path``, ``caption`` and may
+            give ``fps`` (otherwise read from the file).
+        num_frames: frames per item (T); longer clips keep their first T frames, shorter ones
+            are zero-padded and masked.
+        size: resize frames to this (int: square, or (h, w)); None keeps the file's size.
+        cache: keep decoded uint8 frames in memory (each worker process holds its own copy).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        index: str = "videos.jsonl",
+        num_frames: int = 8,
+        size: Size = None,
+        cache: bool = True,
+    ) -> None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self.root = str(root)
+        self.rows = read_index(root, index)
+        self.num_frames = num_frames
+        self.size = size
+        self.cache = cache
+        self._frames: dict[int, np.ndarray] = {}
+        self._fps: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load(self, i: int) -> tuple[np.ndarray, float]:
+        if i in self._frames:
+            return self._frames[i], self._fps[i]
+        row = self.rows[i]
+        frames = read_frames(row["path"], self.num_frames, size=self.size, allow_fewer=True)
+        fps = float(row["fps"]) if "fps" in row else video_info(row["path"])["fps"]
+        if self.cache:
+            self._frames[i], self._fps[i] = frames, fps
+        return frames, fps
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Item with ``video`` (3, T, H, W), ``frame_mask`` (T,), ``caption``, ``fps``, ``key``."""
+        frames, fps = self._load(i)
+        video, mask = _pad_frames(frames, self.num_frames)
+        row = self.rows[i]
+        return {"video": video, "caption": row["caption"], "fps": torch.tensor(fps, dtype=torch.float32),
+                "frame_mask": mask, "key": row["key"]}
+
+
+class ImageTextDataset(Dataset):
+    """Stills listed in a JSONL index, served as one-frame videos for joint training.
+
+    Item: ``video`` (3, T, H, W) with frame 0 = the image and frames 1..T-1 zero,
+    ``frame_mask`` = [True, False, ...], ``fps`` = 0.
+
+    Args:
+        root: folder holding the index; ``path`` entries are relative to it.
+        index: JSONL file name inside ``root``; rows need ``key``, ``path``, ``caption``.
+        num_frames: length T of the padded video.
+        size: resize images to this (int: square, or (h, w)); None keeps the file's size.
+        cache: keep decoded uint8 images in memory.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        index: str = "images.jsonl",
+        num_frames: int = 8,
+        size: Size = None,
+        cache: bool = True,
+    ) -> None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self.root = str(root)
+        self.rows = read_index(root, index)
+        self.num_frames = num_frames
+        self.size = size
+        self.cache = cache
+        self._images: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Item with ``video`` (3, T, H, W), ``frame_mask`` (T,), ``caption``, ``fps``, ``key``."""
+        image = self._images.get(i)
+        if image is None:
+            image = read_image(self.rows[i]["path"], self.size)  # (H, W, 3)
+            if self.cache:
+                self._images[i] = image
+        video, mask = _pad_frames(image[None], self.num_frames)
+        row = self.rows[i]
+        return {"video": video, "caption": row["caption"], "fps": torch.tensor(0.0),
+                "frame_mask": mask, "key": row["key"]}
