@@ -77,12 +77,13 @@ def diffuse(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     return _b(alpha, x0) * x0 + _b(sigma, x0) * eps
 
 
-def masked_mse(pred: Tensor, target: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+def masked_mse(pred: Tensor, target: Tensor, frame_mask: Tensor | None = None, weight: Tensor | None = None) -> Tensor:
     """Mean squared error over valid frames only.
 
     Args:
         pred, target: (B, C, T, H, W).
         frame_mask: (B, T) bool, True = valid frame; None = all valid.
+        weight: optional per-sample loss weight (B,), e.g. :func:`snr_loss_weight`.
 
     Returns:
         Scalar: each sample's error is averaged over its valid frames (and C, H, W), then samples are
@@ -91,11 +92,13 @@ def masked_mse(pred: Tensor, target: Tensor, frame_mask: Tensor | None = None) -
     """
     diff = pred - target
     if frame_mask is None:
-        return diff.pow(2).mean()
+        frame_mask = torch.ones(diff.shape[0], diff.shape[2], dtype=torch.bool, device=diff.device)
     # where() before squaring, so a NaN/inf in a masked frame cannot leak through 0 * inf (forward or backward)
     diff = torch.where(frame_mask[:, None, :, None, None], diff, torch.zeros_like(diff))
     per_frame = diff.pow(2).mean(dim=(1, 3, 4))  # (B, T)
     per_sample = per_frame.sum(dim=1) / frame_mask.sum(dim=1).clamp_min(1).to(per_frame.dtype)  # (B,)
+    if weight is not None:
+        per_sample = per_sample * weight
     return per_sample.mean()
 
 

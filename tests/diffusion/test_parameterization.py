@@ -63,6 +63,8 @@ def test_masked_mse_matches_manual_average():
     sample1 = (pred[1, :, :1] - target[1, :, :1]).pow(2).mean()
     torch.testing.assert_close(loss, (sample0 + sample1) / 2)
     torch.testing.assert_close(masked_mse(pred, target), (pred - target).pow(2).mean())
+    w = torch.tensor([2.0, 0.5])
+    torch.testing.assert_close(masked_mse(pred, target, mask, weight=w), (2.0 * sample0 + 0.5 * sample1) / 2)
 
 
 def test_masked_frames_change_neither_loss_nor_gradients():

@@ -1,0 +1,232 @@
+"""The base text-to-video model: first stage + frozen text tower + 3D U-Net + diffusion objective.
+
+Thin by design: the math lives in :mod:`latentvid.diffusion`, the networks in :mod:`latentvid.nn`
+and :mod:`latentvid.conditioning`; this module wires them, owns the optimiser and logs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from latentvid.conditioning.text import OpenCLIPTextEncoder, caption_dropout
+from latentvid.diffusion import (
+    TARGETS,
+    CosineSchedule,
+    LinearLogSNRSchedule,
+    alpha_sigma,
+    classifier_free_guidance,
+    clip_denoised,
+    diffuse,
+    masked_mse,
+    prediction_to_x0,
+    sample_ancestral,
+    sample_ddim,
+    snr_loss_weight,
+    training_target,
+)
+from latentvid.nn.first_stage import FirstStage, IdentityFirstStage
+from latentvid.nn.unet3d import UNet3D
+
+
+def warmup_lambda(warmup_steps: int):
+    """Linear learning-rate warm-up from ~0 to 1 over ``warmup_steps`` optimiser steps, then constant."""
+    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+class LatentDiffusion(LightningModule):
+    """Text-to-video diffusion in the latent space of a frozen first stage.
+
+    Args:
+        unet: the denoiser network; its output is interpreted as ``target``.
+        text_encoder: frozen text tower mapping captions to (B, L, D) tokens and a (B, L) mask.
+        first_stage: frozen autoencoder; ``None`` means pixel space (:class:`IdentityFirstStage`).
+        schedule: continuous-time noise schedule (cosine by default).
+        target: what the network predicts: ``"v"`` (default, Imagen Video), ``"eps"`` or ``"x0"``.
+        caption_dropout: probability of training on the empty caption (enables classifier-free guidance).
+        min_snr_gamma: Min-SNR-gamma loss weighting; ``None`` is the plain (unweighted) loss in target space.
+        lr, weight_decay, betas: AdamW settings for the trainable (U-Net) parameters.
+        warmup_steps: linear learning-rate warm-up length in optimiser steps.
+        sample_steps: default number of sampler steps for :meth:`sample`.
+        sampler: default sampler, ``"ddim"`` or ``"ancestral"``.
+        guidance_scale: default classifier-free guidance weight for :meth:`sample`.
+        clip_sample: clamp the x0 estimate to [-clip_sample, clip_sample] while sampling (pixel space:
+            1.0); ``None`` disables it (latent space).
+    """
+
+    def __init__(
+        self,
+        unet: UNet3D,
+        text_encoder: OpenCLIPTextEncoder,
+        first_stage: FirstStage | None = None,
+        schedule: CosineSchedule | LinearLogSNRSchedule = CosineSchedule(),
+        target: str = "v",
+        caption_dropout: float = 0.1,
+        min_snr_gamma: float | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_steps: int = 500,
+        sample_steps: int = 50,
+        sampler: str = "ddim",
+        guidance_scale: float = 5.0,
+        clip_sample: float | None = None,
+    ) -> None:
+        super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"model.target must be one of {TARGETS}, got {target!r}")
+        if sampler not in ("ddim", "ancestral"):
+            raise ValueError(f"model.sampler must be 'ddim' or 'ancestral', got {sampler!r}")
+        # Under LightningCLI the saved hparams are the resolved config (class_path / init_args), so
+        # `load_from_checkpoint` rebuilds every sub-module; modules passed directly are not hparams.
+        self.save_hyperparameters()
+        self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.first_stage = first_stage if first_stage is not None else IdentityFirstStage()
+        self.first_stage.requires_grad_(False)
+        self.schedule = schedule
+        self.target = target
+        self.caption_dropout = caption_dropout
+        self.min_snr_gamma = min_snr_gamma
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Fail at construction, with a message, when the pieces do not chain."""
+        problems = []
+        c = self.first_stage.latent_channels
+        if self.unet.in_channels != c:
+            problems.append(f"unet.in_channels={self.unet.in_channels} but the first stage has {c} latent channels")
+        if self.unet.out_channels != c:
+            problems.append(f"unet.out_channels={self.unet.out_channels} but the first stage has {c} latent channels")
+        if self.unet.context_dim is not None and self.unet.context_dim != self.text_encoder.output_dim:
+            problems.append(
+                f"unet.context_dim={self.unet.context_dim} but the text encoder gives {self.text_encoder.output_dim}-d tokens"
+            )
+        if problems:
+            raise ValueError("model config does not chain:\n  " + "\n  ".join(problems))
+
+    # ---- the pieces -------------------------------------------------------------------------
+    def forward(self, z: Tensor, logsnr: Tensor, context: Tensor, context_mask: Tensor, fps: Tensor | None = None,
+                frame_mask: Tensor | None = None) -> Tensor:
+        """Network output (of kind ``target``), (B, C, t, h, w), for noisy latents z (B, C, t, h, w)."""
+        return self.unet(z, logsnr, context=context, context_mask=context_mask, fps=fps, frame_mask=frame_mask)
+
+    def denoise(self, z: Tensor, logsnr: Tensor, context: Tensor, context_mask: Tensor, fps: Tensor | None = None,
+                frame_mask: Tensor | None = None) -> Tensor:
+        """x0 estimate (B, C, t, h, w): the sampler's view of the network, whatever its target."""
+        alpha, sigma = alpha_sigma(logsnr)
+        pred = self(z, logsnr, context, context_mask, fps, frame_mask)
+        return prediction_to_x0(pred, z, alpha, sigma, self.target)
+
+    def encode_text(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """Captions -> tokens (B, L, D) and mask (B, L) on this module's device."""
+        context, mask = self.text_encoder(list(captions))
+        return context.to(self.device), mask.to(self.device)
+
+    # ---- training ---------------------------------------------------------------------------
+    def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, t: Tensor | None = None) -> Tensor:
+        """Loss for one batch: ``video`` (B, 3, T, H, W), ``caption`` (B strings), ``fps`` (B,),
+        ``frame_mask`` (B, T). ``t`` (B,) overrides the random times (validation uses a fixed grid)."""
+        video, frame_mask = batch["video"], batch["frame_mask"].bool()
+        with torch.no_grad():
+            z0 = self.first_stage.encode(video, generator=generator)  # (B, C, t, h, w)
+            mask = self.first_stage.latent_mask(frame_mask)  # (B, t)
+        b = z0.shape[0]
+        captions = list(batch["caption"])
+        if self.training and self.caption_dropout > 0:
+            captions = caption_dropout(captions, self.caption_dropout, generator)
+        context, context_mask = self.encode_text(captions)
+        if t is None:
+            # stratified ("low-discrepancy") times: one per sample, jointly covering [0, 1) (VDM)
+            u = torch.rand((), generator=generator, device=generator.device if generator else None)
+            t = ((u + torch.arange(b) / b) % 1.0).to(self.device)
+        logsnr = self.schedule.logsnr(t.float())
+        alpha, sigma = alpha_sigma(logsnr)
+        eps = torch.randn(z0.shape, generator=generator, device=z0.device if generator is None else generator.device)
+        eps = eps.to(z0)
+        z_t = diffuse(z0, eps, alpha, sigma)
+        pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask)
+        target = training_target(z0, eps, alpha, sigma, self.target)
+        weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma)
+        return masked_mse(pred, target, mask, weight=weight)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.diffusion_loss(batch)
+        bs = batch["video"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/image_fraction", (batch["frame_mask"].sum(1) == 1).float().mean(), batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        # fixed noise and evenly spread times, so val/loss is comparable across epochs
+        b = batch["video"].shape[0]
+        g = torch.Generator(device="cpu").manual_seed(1234 + batch_idx)
+        t = ((torch.arange(b) + 0.5) / b).to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            loss = self.diffusion_loss(batch, generator=g, t=t)
+        self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                weight_decay=self.hparams.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(self.hparams.warmup_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- sampling ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        captions: list[str],
+        num_frames: int,
+        height: int,
+        width: int,
+        fps: float = 8.0,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Generate videos for ``captions``: returns (B, 3, num_frames, height, width) in [-1, 1].
+
+        ``generator`` (on this module's device) makes the result reproducible; None uses the global RNG.
+        """
+        steps = steps or self.hparams.sample_steps
+        sampler = sampler or self.hparams.sampler
+        scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
+        b, fs = len(captions), self.first_stage
+        if height % fs.spatial_factor or width % fs.spatial_factor:
+            raise ValueError(f"height/width {height}x{width} must be multiples of the first stage's "
+                             f"spatial factor {fs.spatial_factor}")
+        shape = (b, fs.latent_channels, fs.latent_frames(num_frames), height // fs.spatial_factor,
+                 width // fs.spatial_factor)
+        context, cmask = self.encode_text(captions)
+        empty, emask = self.encode_text([""] * b)
+        fps_t = torch.full((b,), float(fps), device=self.device)
+        denoise = classifier_free_guidance(
+            self.denoise,
+            {"context": context, "context_mask": cmask, "fps": fps_t},
+            {"context": empty, "context_mask": emask, "fps": fps_t},
+            scale,
+        )
+        if self.hparams.clip_sample is not None:
+            denoise = clip_denoised(denoise, self.hparams.clip_sample)
+        z = torch.randn(shape, generator=generator, device=self.device)
+        logsnrs = self.schedule.sampling_logsnrs(steps).to(self.device)
+        if sampler == "ddim":
+            z = sample_ddim(denoise, z, logsnrs, eta=eta, generator=generator, progress=progress)
+        elif sampler == "ancestral":
+            z = sample_ancestral(denoise, z, logsnrs, generator=generator, progress=progress)
+        else:
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
+        video = fs.decode(z)
+        if not math.isfinite(float(video.abs().max())):
+            raise FloatingPointError("sampling produced non-finite values")
+        return video.clamp(-1.0, 1.0)

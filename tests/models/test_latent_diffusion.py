@@ -1,0 +1,97 @@
+"""The LightningModule's wiring: loss over valid frames, joint image-video batches, overfitting, sampling."""
+
+import pytest
+import torch
+
+from latentvid.conditioning.text import OpenCLIPTextEncoder
+from latentvid.data.shapes import render_clip, video_caption
+from latentvid.data.video import from_uint8
+from latentvid.models.latent_diffusion import LatentDiffusion
+from latentvid.nn.unet3d import UNet3D
+
+
+def tiny_model(**kwargs) -> LatentDiffusion:
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        text = OpenCLIPTextEncoder(random_width=32, random_layers=1, random_heads=2, max_length=16)
+    unet = UNet3D(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=16,
+                  context_dim=32, norm_groups=4)
+    return LatentDiffusion(unet, text, **kwargs)
+
+
+def shapes_batch(n: int = 4, t: int = 4, size: int = 16, seed: int = 0) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    combos = [("red", "circle", "left"), ("blue", "square", "up"), ("green", "triangle", "right"),
+              ("yellow", "circle", "down")]
+    clips = [from_uint8(render_clip(*combos[i % 4], num_frames=t, size=size, rng=rng)) for i in range(n)]
+    return {"video": torch.stack(clips), "caption": [video_caption(*combos[i % 4]) for i in range(n)],
+            "fps": torch.full((n,), 8.0), "frame_mask": torch.ones(n, t, dtype=torch.bool)}
+
+
+def test_mismatched_pieces_fail_at_construction():
+    with pytest.warns(UserWarning):
+        text = OpenCLIPTextEncoder(random_width=32, random_layers=1, random_heads=2)
+    unet = UNet3D(in_channels=4, out_channels=4, model_channels=8, channel_mult=(1,), attention_levels=(), head_dim=8, context_dim=64,
+                  norm_groups=4)
+    with pytest.raises(ValueError) as err:
+        LatentDiffusion(unet, text)
+    assert "in_channels=4" in str(err.value) and "context_dim=64" in str(err.value)
+    with pytest.raises(ValueError, match="target"):
+        LatentDiffusion(UNet3D(model_channels=8, channel_mult=(1,), attention_levels=(), head_dim=8, context_dim=32,
+                               norm_groups=4),
+                        text, target="score")
+
+
+def test_image_samples_ignore_their_padding_frames():
+    model = tiny_model(caption_dropout=0.0)
+    batch = shapes_batch()
+    batch["frame_mask"][1:3, 1:] = False  # samples 1 and 2 are stills (one valid frame)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    loss_a = model.diffusion_loss(batch, generator=g())
+    altered = {**batch, "video": batch["video"].clone()}
+    altered["video"][1:3, :, 1:] = torch.randn_like(altered["video"][1:3, :, 1:]) * 5
+    loss_b = model.diffusion_loss(altered, generator=g())
+    torch.testing.assert_close(loss_a, loss_b)
+    # but the valid frames do matter
+    altered["video"][1, :, 0] = -altered["video"][1, :, 0]
+    assert not torch.allclose(loss_a, model.diffusion_loss(altered, generator=g()))
+
+
+def test_tiny_model_overfits_a_few_clips():
+    torch.manual_seed(0)
+    model = tiny_model(caption_dropout=0.0, lr=3e-3, warmup_steps=1)
+    batch = shapes_batch(n=4)
+    opt = model.configure_optimizers()["optimizer"]
+
+    def eval_loss():
+        model.eval()
+        with torch.no_grad():
+            t = torch.linspace(0.1, 0.9, 4)
+            losses = [model.diffusion_loss(batch, generator=torch.Generator().manual_seed(s), t=t) for s in range(4)]
+        model.train()
+        return torch.stack(losses).mean().item()
+
+    before = eval_loss()
+    for step in range(100):
+        loss = model.diffusion_loss(batch, generator=torch.Generator().manual_seed(100 + step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = eval_loss()
+    # measured: 0.82 -> 0.26 (3.1x) after 100 steps
+    assert after < before / 2.5, f"loss {before:.4f} -> {after:.4f}: expected a 2.5x drop when overfitting 4 clips"
+
+
+def test_sample_shape_range_determinism_and_guidance():
+    model = tiny_model(sample_steps=3, clip_sample=1.0).eval()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = model.sample(["a red circle moving left", "a blue square"], 5, 16, 16, generator=g())
+    assert a.shape == (2, 3, 5, 16, 16) and a.abs().max() <= 1.0
+    b = model.sample(["a red circle moving left", "a blue square"], 5, 16, 16, generator=g())
+    assert torch.equal(a, b)
+    c = model.sample(["a red circle moving left", "a blue square"], 5, 16, 16, generator=g(), guidance_scale=1.0)
+    assert not torch.equal(a, c)
+    with pytest.raises(ValueError, match="sampler"):
+        model.sample(["x"], 4, 16, 16, sampler="euler")
