@@ -7,6 +7,7 @@ and :mod:`latentvid.conditioning`; this module wires them, owns the optimiser an
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from lightning.pytorch import LightningModule
@@ -82,7 +83,9 @@ class LatentDiffusion(LightningModule):
             raise ValueError(f"model.sampler must be 'ddim' or 'ancestral', got {sampler!r}")
         # Under LightningCLI the saved hparams are the resolved config (class_path / init_args), so
         # `load_from_checkpoint` rebuilds every sub-module; modules passed directly are not hparams.
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # modules passed directly are dropped just below
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
         self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])
         self.unet = unet
         self.text_encoder = text_encoder
