@@ -72,7 +72,50 @@ def _pad_frames(frames: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torc
     return clip, mask
 
 
-class VideoTextDataset(Dataset):
+class _IndexedDataset(Dataset):
+    """Rows of a JSONL index decoded to padded clips; subclasses say how one row decodes."""
+
+    default_index = ""
+
+    def __init__(
+        self,
+        root: str,
+        index: str | None = None,
+        num_frames: int = 8,
+        size: Size = None,
+        cache: bool = True,
+    ) -> None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self.root = str(root)
+        self.rows = read_index(root, index or self.default_index)
+        self.num_frames = num_frames
+        self.size = size
+        self.cache = cache
+        self._decoded: dict[int, tuple[np.ndarray, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _decode(self, row: dict[str, Any]) -> tuple[np.ndarray, float]:
+        """One row -> uint8 frames (t, H, W, 3) with t <= num_frames, and its fps."""
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Item with ``video`` (3, T, H, W), ``frame_mask`` (T,), ``caption``, ``fps``, ``key``."""
+        decoded = self._decoded.get(i)
+        if decoded is None:
+            decoded = self._decode(self.rows[i])
+            if self.cache:
+                self._decoded[i] = decoded
+        frames, fps = decoded
+        video, mask = _pad_frames(frames, self.num_frames)
+        row = self.rows[i]
+        return {"video": video, "caption": row["caption"], "fps": torch.tensor(fps, dtype=torch.float32),
+                "frame_mask": mask, "key": row["key"]}
+
+
+class VideoTextDataset(_IndexedDataset):
     """Clips listed in a JSONL index, each decoded once and kept in memory as uint8.
 
     Args:
@@ -85,47 +128,15 @@ class VideoTextDataset(Dataset):
         cache: keep decoded uint8 frames in memory (each worker process holds its own copy).
     """
 
-    def __init__(
-        self,
-        root: str,
-        index: str = "videos.jsonl",
-        num_frames: int = 8,
-        size: Size = None,
-        cache: bool = True,
-    ) -> None:
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        self.root = str(root)
-        self.rows = read_index(root, index)
-        self.num_frames = num_frames
-        self.size = size
-        self.cache = cache
-        self._frames: dict[int, np.ndarray] = {}
-        self._fps: dict[int, float] = {}
+    default_index = "videos.jsonl"
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _load(self, i: int) -> tuple[np.ndarray, float]:
-        if i in self._frames:
-            return self._frames[i], self._fps[i]
-        row = self.rows[i]
+    def _decode(self, row: dict[str, Any]) -> tuple[np.ndarray, float]:
         frames = read_frames(row["path"], self.num_frames, size=self.size, allow_fewer=True)
         fps = float(row["fps"]) if "fps" in row else video_info(row["path"])["fps"]
-        if self.cache:
-            self._frames[i], self._fps[i] = frames, fps
         return frames, fps
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        """Item with ``video`` (3, T, H, W), ``frame_mask`` (T,), ``caption``, ``fps``, ``key``."""
-        frames, fps = self._load(i)
-        video, mask = _pad_frames(frames, self.num_frames)
-        row = self.rows[i]
-        return {"video": video, "caption": row["caption"], "fps": torch.tensor(fps, dtype=torch.float32),
-                "frame_mask": mask, "key": row["key"]}
 
-
-class ImageTextDataset(Dataset):
+class ImageTextDataset(_IndexedDataset):
     """Stills listed in a JSONL index, served as one-frame videos for joint training.
 
     Item: ``video`` (3, T, H, W) with frame 0 = the image and frames 1..T-1 zero,
@@ -139,34 +150,7 @@ class ImageTextDataset(Dataset):
         cache: keep decoded uint8 images in memory.
     """
 
-    def __init__(
-        self,
-        root: str,
-        index: str = "images.jsonl",
-        num_frames: int = 8,
-        size: Size = None,
-        cache: bool = True,
-    ) -> None:
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        self.root = str(root)
-        self.rows = read_index(root, index)
-        self.num_frames = num_frames
-        self.size = size
-        self.cache = cache
-        self._images: dict[int, np.ndarray] = {}
+    default_index = "images.jsonl"
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        """Item with ``video`` (3, T, H, W), ``frame_mask`` (T,), ``caption``, ``fps``, ``key``."""
-        image = self._images.get(i)
-        if image is None:
-            image = read_image(self.rows[i]["path"], self.size)  # (H, W, 3)
-            if self.cache:
-                self._images[i] = image
-        video, mask = _pad_frames(image[None], self.num_frames)
-        row = self.rows[i]
-        return {"video": video, "caption": row["caption"], "fps": torch.tensor(0.0),
-                "frame_mask": mask, "key": row["key"]}
+    def _decode(self, row: dict[str, Any]) -> tuple[np.ndarray, float]:
+        return read_image(row["path"], self.size)[None], 0.0  # (1, H, W, 3), no frame rate

@@ -44,7 +44,7 @@ def test_video_item_matches_the_file(root: Path) -> None:
         assert item["caption"] == rows[i]["caption"] and item["key"] == rows[i]["key"]
         torch.testing.assert_close(item["video"], read_video(root / rows[i]["path"]), rtol=0, atol=0)
         torch.testing.assert_close(ds[i]["video"], item["video"], rtol=0, atol=0)  # cached copy
-    assert set(ds._frames) == {0, 17, 53}  # decoded once, kept
+    assert set(ds._decoded) == {0, 17, 53}  # decoded once, kept
 
 
 def test_long_clips_are_cut_and_short_clips_padded_and_masked(root: Path) -> None:
