@@ -12,4 +12,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from latentvid.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    main(["fit", *sys.argv[1:]])
+    sys.argv.insert(1, "fit")  # LightningCLI reads sys.argv; `fit.py ARGS` == `latentvid fit ARGS`
+    main()
