@@ -112,6 +112,33 @@ class LatentDiffusion(LightningModule):
         if problems:
             raise ValueError("model config does not chain:\n  " + "\n  ".join(problems))
 
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _weights_from_files(self) -> tuple[str, ...]:
+        """State-dict prefixes of frozen sub-modules that load their weights from a file named in
+        the config (a real open_clip tower, a pretrained VAE): no need to copy them into every checkpoint."""
+        prefixes = []
+        if not getattr(self.text_encoder, "is_random", True):
+            prefixes.append("text_encoder.")
+        if getattr(self.first_stage, "weights_path", None):
+            prefixes.append("first_stage.")
+        return tuple(prefixes)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # runs after callbacks (EMA moves the raw weights to "current_model_state"), so strip both copies
+        prefixes = self._weights_from_files()
+        for key in ("state_dict", "current_model_state"):
+            if prefixes and key in checkpoint:
+                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith(prefixes)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # refill what on_save_checkpoint left out from the weights this module loaded itself
+        prefixes = self._weights_from_files()
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)} if prefixes else {}
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                for k, v in own.items():
+                    checkpoint[key].setdefault(k, v)
+
     # ---- the pieces -------------------------------------------------------------------------
     def forward(self, z: Tensor, logsnr: Tensor, context: Tensor, context_mask: Tensor, fps: Tensor | None = None,
                 frame_mask: Tensor | None = None) -> Tensor:
@@ -133,11 +160,23 @@ class LatentDiffusion(LightningModule):
     # ---- training ---------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, t: Tensor | None = None) -> Tensor:
         """Loss for one batch: ``video`` (B, 3, T, H, W), ``caption`` (B strings), ``fps`` (B,),
-        ``frame_mask`` (B, T). ``t`` (B,) overrides the random times (validation uses a fixed grid)."""
-        video, frame_mask = batch["video"], batch["frame_mask"].bool()
-        with torch.no_grad():
-            z0 = self.first_stage.encode(video, generator=generator)  # (B, C, t, h, w)
-            mask = self.first_stage.latent_mask(frame_mask)  # (B, t)
+        ``frame_mask`` (B, T). ``t`` (B,) overrides the random times (validation uses a fixed grid).
+
+        A pre-encoded batch (:class:`latentvid.data.latents.LatentDataModule`) gives ``latents``
+        (B, C, t, h, w), already scaled by the first stage, instead of ``video``; its ``frame_mask``
+        (B, t) is then the latent-frame mask and the first stage is not called."""
+        if "latents" in batch:
+            z0, mask = batch["latents"], batch["frame_mask"].bool()  # (B, C, t, h, w), (B, t)
+            if z0.ndim != 5 or z0.shape[1] != self.first_stage.latent_channels or mask.shape != (z0.shape[0], z0.shape[2]):
+                raise ValueError(
+                    f"batch latents {tuple(z0.shape)} / frame_mask {tuple(mask.shape)} do not fit: expected "
+                    f"(B, {self.first_stage.latent_channels}, t, h, w) latents and a (B, t) latent-frame mask"
+                )
+        else:
+            video, frame_mask = batch["video"], batch["frame_mask"].bool()
+            with torch.no_grad():
+                z0 = self.first_stage.encode(video, generator=generator)  # (B, C, t, h, w)
+                mask = self.first_stage.latent_mask(frame_mask)  # (B, t)
         b = z0.shape[0]
         captions = list(batch["caption"])
         if self.training and self.caption_dropout > 0:
@@ -159,14 +198,14 @@ class LatentDiffusion(LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.diffusion_loss(batch)
-        bs = batch["video"].shape[0]
+        bs = batch["frame_mask"].shape[0]  # pre-encoded batches have no "video"
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/image_fraction", (batch["frame_mask"].sum(1) == 1).float().mean(), batch_size=bs)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
         # fixed noise and evenly spread times, so val/loss is comparable across epochs
-        b = batch["video"].shape[0]
+        b = batch["frame_mask"].shape[0]  # pre-encoded batches have no "video"
         g = torch.Generator(device="cpu").manual_seed(1234 + batch_idx)
         t = ((torch.arange(b) + 0.5) / b).to(self.device)
         with torch.random.fork_rng(devices=[]):

@@ -96,3 +96,26 @@ def test_sample_shape_range_determinism_and_guidance():
     assert not torch.equal(a, c)
     with pytest.raises(ValueError, match="sampler"):
         model.sample(["x"], 4, 16, 16, sampler="euler")
+
+
+def test_frozen_weights_loaded_from_files_stay_out_of_checkpoints():
+    model = tiny_model()
+    full = model.state_dict()
+    # a random tower has no file to reload from: its weights are kept
+    ckpt = {"state_dict": dict(full)}
+    model.on_save_checkpoint(ckpt)
+    assert any(k.startswith("text_encoder.") for k in ckpt["state_dict"])
+    # a tower loaded from a local file is reloaded from it, so checkpoints leave it out ...
+    model.text_encoder.is_random = False
+    ckpt = {"state_dict": dict(full), "current_model_state": dict(full)}
+    model.on_save_checkpoint(ckpt)
+    for key in ("state_dict", "current_model_state"):
+        assert not any(k.startswith("text_encoder.") for k in ckpt[key])
+        assert any(k.startswith("unet.") for k in ckpt[key])
+    # ... and loading fills them back in, so strict loading still works
+    fresh = tiny_model()
+    fresh.text_encoder.is_random = False
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"], strict=True)
+    for k, v in full.items():
+        torch.testing.assert_close(fresh.state_dict()[k], v)
