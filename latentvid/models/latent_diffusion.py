@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import is_dataclass
 
 import torch
 from lightning.pytorch import LightningModule
@@ -83,10 +84,13 @@ class LatentDiffusion(LightningModule):
             raise ValueError(f"model.sampler must be 'ddim' or 'ancestral', got {sampler!r}")
         # Under LightningCLI the saved hparams are the resolved config (class_path / init_args), so
         # `load_from_checkpoint` rebuilds every sub-module; modules passed directly are not hparams.
-        with warnings.catch_warnings():  # modules passed directly are dropped just below
+        with warnings.catch_warnings():  # objects passed directly are dropped just below
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
-        self.remove_ignored_hparams([k for k, v in self.hparams.items() if isinstance(v, nn.Module)])
+            # objects (not config dicts) passed directly cannot be logged or loaded with weights_only
+            objects = [k for k, v in self.hparams.items() if isinstance(v, nn.Module) or is_dataclass(v)]
+            if objects:
+                self.save_hyperparameters(ignore=objects)
         self.unet = unet
         self.text_encoder = text_encoder
         self.first_stage = first_stage if first_stage is not None else IdentityFirstStage()
