@@ -28,6 +28,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from latentvid.data.datamodule import mixing_weights
+from latentvid.data.datasets import read_index
 
 META_FILE = "meta.json"
 INDEX_FILE = "index.jsonl"
@@ -61,30 +62,14 @@ def read_latent_index(root: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(root) / INDEX_FILE
     if not path.is_file():
         raise FileNotFoundError(f"latent index {path} not found; create it with `{ENCODE_COMMAND.format(root=root)}`")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err})") from err
-            missing = [k for k in ROW_KEYS if k not in row] if isinstance(row, dict) else list(ROW_KEYS)
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing key(s) {missing} (required: {list(ROW_KEYS)})")
-            shape = row["latent_shape"]
-            if len(shape) != 4 or len(row["latent_mask"]) != shape[1]:
-                raise ValueError(
-                    f"{path}:{lineno}: latent_shape {shape} must be [C, t, h, w] and latent_mask must have t entries "
-                    f"(got {len(row['latent_mask'])})"
-                )
-            file = Path(root) / row["path"]
-            if not file.is_file():
-                raise FileNotFoundError(f"{path}:{lineno}: latent file not found: {file}")
-            rows.append({**row, "path": str(file)})
-    if not rows:
-        raise ValueError(f"latent index {path} has no entries")
+    rows = read_index(root, INDEX_FILE, required=ROW_KEYS)  # JSON, keys and file existence, by line
+    for row in rows:
+        shape = row["latent_shape"]
+        if len(shape) != 4 or len(row["latent_mask"]) != shape[1]:
+            raise ValueError(
+                f"{path}: row {row['key']!r}: latent_shape {shape} must be [C, t, h, w] and latent_mask must have "
+                f"t entries (got {len(row['latent_mask'])})"
+            )
     return rows
 
 
