@@ -266,8 +266,8 @@ class AutoencoderModule(LightningModule):
         disc_weight: weight of the generator loss (times the adaptive weight).
         disc_start_step: training batch from which the GAN term is used and the discriminator trained.
         disc_lr: discriminator learning rate (default: ``lr``).
-        lr: autoencoder learning rate (Adam).
-        betas: Adam betas of both optimisers (LDM uses (0.5, 0.9) with a GAN).
+        lr: learning rate of the autoencoder's AdamW.
+        betas: AdamW betas of both optimisers (LDM uses (0.5, 0.9) with a GAN).
         weight_decay: AdamW weight decay of both optimisers.
         grad_clip: clip each optimiser's gradient norm to this (``None``: no clipping).
             (Trainer-level clipping does not apply under manual optimisation.)
