@@ -149,26 +149,14 @@ def read_prompts(path: str) -> list[str]:
 
 
 def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvalError(f"{path}:{lineno}: invalid JSON ({err})") from err
-        if not isinstance(row, dict):
-            raise EvalError(f"{path}:{lineno}: expected a JSON object")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise EvalError(f"{path}:{lineno}: missing key(s) {missing}")
-        file = Path(row["path"]) if Path(row["path"]).is_absolute() else path.parent / row["path"]
-        if not file.is_file():
-            raise EvalError(f"{path}:{lineno}: file not found: {file}")
-        rows.append({**row, "path": file})
-    if not rows:
-        raise EvalError(f"{path} has no entries")
-    return rows
+    """Rows of a JSONL index (paths resolved against its folder), checked by ``read_index``."""
+    from latentvid.data.datasets import read_index
+
+    try:
+        rows = read_index(path.parent, path.name, required=required)
+    except (ValueError, FileNotFoundError) as err:
+        raise EvalError(str(err)) from err
+    return [{**row, "path": Path(row["path"])} for row in rows]
 
 
 def list_generated(folder: str) -> list[tuple[Path, str]]:
