@@ -1,5 +1,7 @@
 """Diffusion math: pure functions on tensors (no nn.Module state, no Lightning)."""
 
+from latentvid.diffusion.augmentation import ConditioningAugmentation, augment, draw_levels
+from latentvid.diffusion.discrete import DiscreteSchedule, discrete_betas, read_scheduler_config
 from latentvid.diffusion.guidance import classifier_free_guidance, clip_denoised
 from latentvid.diffusion.parameterization import (
     TARGETS,
