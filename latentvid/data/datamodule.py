@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from latentvid.data.datasets import ImageTextDataset, VideoTextDataset
+from latentvid.data.sampler import ResumableDataLoader, ResumableSampler
 from latentvid.data.shapes import generate_shapes_dataset, read_marker
 
 
@@ -122,7 +123,9 @@ class ShapesDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Videos and stills drawn with replacement, ``image_ratio`` stills on average;
-        an epoch is (number of videos + number of stills) samples, last partial batch dropped."""
+        an epoch is (number of videos + number of stills) draws, split over ranks, last partial
+        batch dropped. The order is fixed by (seed, epoch) and the loader's position is saved in
+        checkpoints (:mod:`latentvid.data.sampler`)."""
         if self.train_set is None:
             self.setup("fit")
         weights = mixing_weights(self._num_videos, self._num_images, self.image_ratio)
@@ -131,9 +134,8 @@ class ShapesDataModule(LightningDataModule):
             raise ValueError(
                 f"batch_size {self.batch_size} exceeds the {num_samples} training samples in {self.root}"
             )
-        sampler = WeightedRandomSampler(weights, num_samples=num_samples, replacement=True,
-                                        generator=torch.Generator().manual_seed(self.seed))
-        return DataLoader(self.train_set, sampler=sampler, drop_last=True, **self._loader_kwargs())
+        sampler = ResumableSampler(num_samples, weights=weights, replacement=True, seed=self.seed)
+        return ResumableDataLoader(self.train_set, sampler=sampler, drop_last=True, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:
         """Held-out clips in a fixed order."""

@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from latentvid.data.datamodule import mixing_weights
 from latentvid.data.datasets import read_index
+from latentvid.data.sampler import ResumableDataLoader, ResumableSampler
 
 META_FILE = "meta.json"
 INDEX_FILE = "index.jsonl"
@@ -193,23 +194,23 @@ class LatentDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Samples drawn with replacement (stills at ``image_ratio`` when set); an epoch is the
-        data set's size, last partial batch dropped."""
+        data set's size in draws, split over ranks, last partial batch dropped; resumable
+        (:mod:`latentvid.data.sampler`)."""
         if self.train_set is None:
             self.setup("fit")
         ds = self.train_set
         if len(ds) < self.batch_size:
             raise ValueError(f"batch_size {self.batch_size} exceeds the {len(ds)} samples in {self.root}")
-        generator = torch.Generator().manual_seed(self.seed)
         if self.image_ratio is None:
-            sampler = RandomSampler(ds, replacement=True, num_samples=len(ds), generator=generator)
+            sampler = ResumableSampler(len(ds), replacement=True, seed=self.seed)
         else:
             images = [i for i in range(len(ds)) if ds.is_image(i)]
             videos = [i for i in range(len(ds)) if not ds.is_image(i)]
             order = torch.tensor(videos + images, dtype=torch.long)
             weights = torch.empty(len(ds), dtype=torch.double)
             weights[order] = mixing_weights(len(videos), len(images), self.image_ratio)  # videos first, then stills
-            sampler = WeightedRandomSampler(weights, num_samples=len(ds), replacement=True, generator=generator)
-        return DataLoader(ds, sampler=sampler, drop_last=True, **self._loader_kwargs())
+            sampler = ResumableSampler(len(ds), weights=weights, replacement=True, seed=self.seed)
+        return ResumableDataLoader(ds, sampler=sampler, drop_last=True, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation samples in a fixed order (no loader when ``val_root`` is None)."""
