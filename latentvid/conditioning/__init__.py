@@ -1,5 +1,7 @@
-"""Conditioning: frozen open_clip text tower and caption dropout for classifier-free guidance."""
+"""Conditioning: frozen text towers (open_clip; a Stable Diffusion folder's transformers CLIP) and
+caption dropout for classifier-free guidance."""
 
+from latentvid.conditioning.hf_clip import HFCLIPTextEncoder
 from latentvid.conditioning.text import (
     OpenCLIPTextEncoder,
     RandomTextTowerWarning,
@@ -7,4 +9,4 @@ from latentvid.conditioning.text import (
     token_mask,
 )
 
-__all__ = ["OpenCLIPTextEncoder", "RandomTextTowerWarning", "caption_dropout", "token_mask"]
+__all__ = ["HFCLIPTextEncoder", "OpenCLIPTextEncoder", "RandomTextTowerWarning", "caption_dropout", "token_mask"]
