@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from latentvid.conditioning.hf_clip import HFCLIPTextEncoder
 from latentvid.conditioning.text import OpenCLIPTextEncoder, caption_dropout
 from latentvid.diffusion import (
     TARGETS,
@@ -30,7 +31,9 @@ from latentvid.diffusion import (
     snr_loss_weight,
     training_target,
 )
+from latentvid.diffusion.discrete import DiscreteSchedule
 from latentvid.nn.first_stage import FirstStage, IdentityFirstStage
+from latentvid.nn.inflated_unet import InflatedUNet3D
 from latentvid.nn.unet3d import UNet3D
 
 
@@ -46,8 +49,10 @@ class LatentDiffusion(LightningModule):
         unet: the denoiser network; its output is interpreted as ``target``.
         text_encoder: frozen text tower mapping captions to (B, L, D) tokens and a (B, L) mask.
         first_stage: frozen autoencoder; ``None`` means pixel space (:class:`IdentityFirstStage`).
-        schedule: continuous-time noise schedule (cosine by default).
-        target: what the network predicts: ``"v"`` (default, Imagen Video), ``"eps"`` or ``"x0"``.
+        schedule: continuous-time noise schedule (cosine by default; a pretrained image model's
+            :class:`~latentvid.diffusion.discrete.DiscreteSchedule` when fine-tuning one).
+        target: what the network predicts: ``"v"`` (default, Imagen Video), ``"eps"`` or ``"x0"``;
+            ``None`` takes the schedule's ``prediction_type`` (a pretrained model's, from its scheduler config).
         caption_dropout: probability of training on the empty caption (enables classifier-free guidance).
         min_snr_gamma: Min-SNR-gamma loss weighting; ``None`` is the plain (unweighted) loss in target space.
         lr, weight_decay, betas: AdamW settings for the trainable (U-Net) parameters.
@@ -57,15 +62,19 @@ class LatentDiffusion(LightningModule):
         guidance_scale: default classifier-free guidance weight for :meth:`sample`.
         clip_sample: clamp the x0 estimate to [-clip_sample, clip_sample] while sampling (pixel space:
             1.0); ``None`` disables it (latent space).
+        spatial_lr_scale: learning rate of the U-Net's spatial (pretrained image-model) parameters as a
+            multiple of ``lr``; ``None`` or 0 freezes them and trains the temporal layers only (Video LDM).
+            Values other than 1 need a U-Net with ``spatial_parameters()`` / ``temporal_parameters()``
+            (:class:`~latentvid.nn.inflated_unet.InflatedUNet3D`).
     """
 
     def __init__(
         self,
-        unet: UNet3D,
-        text_encoder: OpenCLIPTextEncoder,
+        unet: UNet3D | InflatedUNet3D,
+        text_encoder: OpenCLIPTextEncoder | HFCLIPTextEncoder,
         first_stage: FirstStage | None = None,
-        schedule: CosineSchedule | LinearLogSNRSchedule = CosineSchedule(),
-        target: str = "v",
+        schedule: CosineSchedule | LinearLogSNRSchedule | DiscreteSchedule = CosineSchedule(),
+        target: str | None = "v",
         caption_dropout: float = 0.1,
         min_snr_gamma: float | None = None,
         lr: float = 1e-4,
@@ -76,8 +85,14 @@ class LatentDiffusion(LightningModule):
         sampler: str = "ddim",
         guidance_scale: float = 5.0,
         clip_sample: float | None = None,
+        spatial_lr_scale: float | None = 1.0,
     ) -> None:
         super().__init__()
+        if target is None:
+            target = getattr(schedule, "prediction_type", None)
+            if target is None:
+                raise ValueError(f"model.target: null takes the schedule's prediction_type, but {schedule!r} has "
+                                 "none: set target (v, eps or x0) or use a DiscreteSchedule with prediction_type")
         if target not in TARGETS:
             raise ValueError(f"model.target must be one of {TARGETS}, got {target!r}")
         if sampler not in ("ddim", "ancestral"):
@@ -99,6 +114,16 @@ class LatentDiffusion(LightningModule):
         self.target = target
         self.caption_dropout = caption_dropout
         self.min_snr_gamma = min_snr_gamma
+        self.spatial_lr_scale = spatial_lr_scale
+        if spatial_lr_scale != 1.0:
+            if not hasattr(unet, "spatial_parameters"):
+                raise ValueError(f"model.spatial_lr_scale={spatial_lr_scale} needs a U-Net with spatial_parameters() "
+                                 f"and temporal_parameters() (e.g. InflatedUNet3D), not {type(unet).__name__}")
+            if spatial_lr_scale is not None and spatial_lr_scale < 0:
+                raise ValueError(f"model.spatial_lr_scale must be >= 0 or null, got {spatial_lr_scale}")
+            if not spatial_lr_scale:  # frozen image model: no gradients computed for it at all
+                for p in unet.spatial_parameters():
+                    p.requires_grad_(False)
         self._check_shapes()
 
     def _check_shapes(self) -> None:
@@ -218,9 +243,15 @@ class LatentDiffusion(LightningModule):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.unet.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                                weight_decay=self.hparams.weight_decay)
+        lr, scale = self.hparams.lr, self.spatial_lr_scale
+        if scale == 1.0:
+            groups = [{"name": "unet", "params": [p for p in self.unet.parameters() if p.requires_grad]}]
+        else:  # temporal layers at lr, the pretrained spatial ones at lr * scale (or frozen)
+            groups = [{"name": "temporal", "params": [p for p in self.unet.temporal_parameters() if p.requires_grad]}]
+            if scale:
+                spatial = [p for p in self.unet.spatial_parameters() if p.requires_grad]
+                groups.append({"name": "spatial", "params": spatial, "lr": lr * scale})
+        opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(self.hparams.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
