@@ -1,11 +1,23 @@
 """Data: video / image file I/O, video-text datasets, the synthetic shapes data, DataModules.
 
-Stands alone: imports nothing else from latentvid. ``ShapesDataModule`` is imported lazily so
-that file I/O and the shapes generator do not pay for importing Lightning.
+Stands alone: imports nothing else from latentvid. The DataModules (``ShapesDataModule``,
+``VideoTextDataModule``) are imported lazily so that file I/O and the shapes generator do not
+pay for importing Lightning.
+
+Real data: :mod:`~latentvid.data.readers` (decord / PyAV), :mod:`~latentvid.data.clips`
+(clip spec, frame sampling, crops), :mod:`~latentvid.data.folder` (folder + CSV/JSONL),
+:mod:`~latentvid.data.shards` (webdataset), :mod:`~latentvid.data.stream` (splitting across
+ranks / workers, skip counting, mixing), :mod:`~latentvid.data.video_text` (the DataModule).
 """
 
 from typing import Any
+from latentvid.data.clips import ClipSpec, load_clip, load_image, sample_frame_indices
 from latentvid.data.datasets import ImageTextDataset, VideoTextDataset, read_index
+from latentvid.data.folder import ImageFolder, VideoFolder
+from latentvid.data.readers import VideoReadError, open_video
+from latentvid.data.shards import ImageShards, ShardWriter, VideoShards
+from latentvid.data.sources import DataError, SampleError
+from latentvid.data.stream import MixedStream, SampleStream, collate
 from latentvid.data.shapes import (
     BACKGROUND,
     COLOURS,
@@ -36,12 +48,28 @@ __all__ = [
     "DIRECTIONS",
     "HELD_OUT",
     "SHAPES",
+    "ClipSpec",
+    "DataError",
+    "ImageFolder",
+    "ImageShards",
     "ImageTextDataset",
+    "MixedStream",
+    "SampleError",
+    "SampleStream",
     "ShapesDataModule",
+    "ShardWriter",
+    "VideoFolder",
+    "VideoReadError",
+    "VideoShards",
+    "VideoTextDataModule",
     "VideoTextDataset",
+    "collate",
     "from_uint8",
     "generate_shapes_dataset",
     "image_caption",
+    "load_clip",
+    "load_image",
+    "open_video",
     "parse_caption",
     "read_frames",
     "read_image",
@@ -49,6 +77,7 @@ __all__ = [
     "read_video",
     "render_clip",
     "render_image",
+    "sample_frame_indices",
     "to_uint8",
     "video_caption",
     "video_info",
@@ -62,4 +91,8 @@ def __getattr__(name: str) -> Any:
         from latentvid.data.datamodule import ShapesDataModule
 
         return ShapesDataModule
+    if name == "VideoTextDataModule":
+        from latentvid.data.video_text import VideoTextDataModule
+
+        return VideoTextDataModule
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

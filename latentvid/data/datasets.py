@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latentvid.data.video import from_uint8, read_frames, read_image, video_info
+from latentvid.data.clips import pad_clip
+from latentvid.data.video import read_frames, read_image, video_info
 
 Size = int | tuple[int, int] | None
 
@@ -60,18 +61,6 @@ def read_index(
     return rows
 
 
-def _pad_frames(frames: np.ndarray, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (t, H, W, 3), t <= T -> float clip (3, T, H, W) zero-padded, frame mask (T,) bool."""
-    clip = from_uint8(frames)  # (3, t, H, W)
-    t = clip.shape[1]
-    mask = torch.zeros(num_frames, dtype=torch.bool)
-    mask[:t] = True
-    if t < num_frames:
-        pad = clip.new_zeros(clip.shape[0], num_frames - t, *clip.shape[2:])
-        clip = torch.cat([clip, pad], dim=1)  # (3, T, H, W)
-    return clip, mask
-
-
 class _IndexedDataset(Dataset):
     """Rows of a JSONL index decoded to padded clips; subclasses say how one row decodes."""
 
@@ -109,7 +98,7 @@ class _IndexedDataset(Dataset):
             if self.cache:
                 self._decoded[i] = decoded
         frames, fps = decoded
-        video, mask = _pad_frames(frames, self.num_frames)
+        video, mask = pad_clip(frames, self.num_frames)
         row = self.rows[i]
         return {"video": video, "caption": row["caption"], "fps": torch.tensor(fps, dtype=torch.float32),
                 "frame_mask": mask, "key": row["key"]}

@@ -1,5 +1,7 @@
 """Video and image file I/O: decord for reading, PyAV (H.264) for writing, PIL for stills.
 
+The readers themselves (decord and PyAV behind one interface) are in :mod:`latentvid.data.readers`.
+
 Inside the library a clip is float ``(C, T, H, W)`` in ``[-1, 1]``; files hold uint8
 ``(T, H, W, C)`` frames. :func:`to_uint8` and :func:`from_uint8` are the only conversions
 between the two.
@@ -18,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from latentvid.data.readers import DecordReader, unpad_rows
 
 _CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
@@ -88,24 +92,16 @@ def resize_frames(frames: np.ndarray, size: Size) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _open_reader(path: str | os.PathLike, num_threads: int = 1) -> Any:
-    import decord
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video file not found: {path}")
-    try:
-        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
-    except Exception as err:  # decord raises its own DECORDError / RuntimeError
-        raise ValueError(f"cannot decode video {path}: {err}") from err
+def _open_reader(path: str | os.PathLike, num_threads: int = 1) -> DecordReader:
+    """decord over ``path``; FileNotFoundError / ValueError (:class:`VideoReadError`) naming the file."""
+    return DecordReader(path, num_threads=num_threads)
 
 
 def video_info(path: str | os.PathLike) -> dict[str, Any]:
     """``{"num_frames": int, "fps": float, "height": int, "width": int}`` of a video file."""
-    reader = _open_reader(path)
-    height, width = reader[0].shape[:2] if len(reader) else (0, 0)
-    return {"num_frames": len(reader), "fps": float(reader.get_avg_fps()),
-            "height": int(height), "width": int(width)}
+    with _open_reader(path) as reader:
+        height, width = reader.read([0]).shape[1:3]
+        return {"num_frames": reader.num_frames, "fps": reader.fps, "height": int(height), "width": int(width)}
 
 
 def read_frames(
@@ -121,38 +117,26 @@ def read_frames(
 
     ``num_frames=None`` reads to the end. With ``allow_fewer`` a short file yields as many
     frames as it has (at least one) instead of raising. ``size``: int (square) or (h, w) to
-    resize to, None to keep the file's size.
+    resize to, None to keep the file's size. (Clip sampling by frame rate, crops and the PyAV
+    fallback live in :mod:`latentvid.data.clips`.)
     """
     if stride < 1 or start < 0 or (num_frames is not None and num_frames < 1):
         raise ValueError(f"invalid frame selection {num_frames=} {stride=} {start=} for {path}")
-    reader = _open_reader(path, num_threads)
-    total = len(reader)
-    available = len(range(start, total, stride))
-    wanted = available if num_frames is None else num_frames
-    if available < 1 or (available < wanted and not allow_fewer):
-        raise ValueError(
-            f"video {os.fspath(path)} has {total} frames; need {wanted} from frame {start} "
-            f"with stride {stride}"
-        )
-    indices = list(range(start, total, stride))[:wanted]
-    first = reader[indices[0]].asnumpy()
-    if first.shape[-1] == 3:
-        frames = reader.get_batch(indices).asnumpy()  # (T, H, W, 3) uint8
-    else:
-        frames = np.stack([first] + [reader[i].asnumpy() for i in indices[1:]])
-        frames = _unpad_rows(frames)
+    with _open_reader(path, num_threads) as reader:
+        total = reader.num_frames
+        available = len(range(start, total, stride))
+        wanted = available if num_frames is None else num_frames
+        if available < 1 or (available < wanted and not allow_fewer):
+            raise ValueError(
+                f"video {os.fspath(path)} has {total} frames; need {wanted} from frame {start} "
+                f"with stride {stride}"
+            )
+        frames = reader.read(list(range(start, total, stride))[:wanted])  # (T, H, W, 3) uint8
     # decord's own scaler fails on tiny frames too, so resize here
     return resize_frames(frames, size)
 
 
-def _unpad_rows(frames: np.ndarray) -> np.ndarray:
-    """Repair decord's frames for widths whose RGB rows it pads (e.g. 8, 16, 24, 48 pixels).
-
-    decord (0.6, dmlc/decord#336) then returns (T, H, W, C') with C' = padded row bytes / W
-    and ``get_batch`` fails; the first 3 * W bytes of each row are the real pixels.
-    """
-    t, h, w, c = frames.shape  # (T, H, W, C') with C' * W = padded row length
-    return np.ascontiguousarray(frames.reshape(t, h, w * c)[:, :, : w * 3].reshape(t, h, w, 3))
+_unpad_rows = unpad_rows  # the decord row-padding repair lives with the readers
 
 
 def read_video(

@@ -1,0 +1,149 @@
+"""What a data source is to the streaming pipeline: samples grouped into units, and how one decodes.
+
+A source (a folder + CSV/JSONL index, or a set of webdataset shards) splits its samples into
+*units*: the shards themselves, or fixed blocks of index rows. :class:`~latentvid.data.stream.SampleStream`
+hands units to ranks and DataLoader workers (each unit to exactly one of them per epoch) and
+records which units were consumed, so every source gets the same splitting, shuffling, skip
+counting and resume position. A source only has to say
+
+* how many units it has (:meth:`Source.num_units`) and what each is called,
+* what raw samples a unit holds (:meth:`Source.read_unit`: cheap records, e.g. a path or
+  the bytes of a tar member; nothing decoded yet), and
+* how one raw sample becomes an item (:meth:`Source.decode`), raising :class:`SampleError`
+  naming the file (or shard and key) when it cannot.
+
+Items are the dicts the models consume::
+
+    {"video": float32 (3, T, H, W) in [-1, 1], "frame_mask": bool (T,), "fps": float32 (),
+     "caption": str, "key": str}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from latentvid.data.clips import ClipError, ClipSpec, image_to_clip, load_clip, load_image, pad_clip
+from latentvid.data.readers import Source as MediaSource
+
+log = logging.getLogger("latentvid.data")
+
+
+def mix_seed(*parts: int | str) -> int:
+    """A 63-bit seed from ints and strings, the same in every process (unlike ``hash``, which
+    is salted per interpreter for strings)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class SampleError(ValueError):
+    """One sample that cannot be used; the message names the file, or the shard and key."""
+
+
+class DataError(ValueError):
+    """A source that cannot work as configured (wrong column, nothing readable, ...)."""
+
+
+@dataclass
+class Raw:
+    """One undecoded sample: ``name`` is what warnings call it (a path, or ``shard:key``);
+    ``data`` is whatever the source needs to decode it (a row index, a tar sample dict, ...)."""
+
+    name: str
+    data: Any
+
+
+class Source:
+    """Base of every data source (see the module docstring). Subclasses: ``VideoSource`` /
+    ``ImageSource`` and their folder / shard implementations."""
+
+    kind: ClassVar[str] = ""
+    shuffle_buffer: int = 0  # samples held for shuffling across units (shards); 0 for folders
+
+    def num_units(self) -> int:
+        raise NotImplementedError
+
+    def unit_name(self, unit: int) -> str:
+        return f"{self.describe()} unit {unit}"
+
+    def read_unit(self, unit: int, epoch: int, seed: int, shuffle: bool) -> Iterator[Raw]:
+        """The raw samples of ``unit`` in epoch ``epoch``. May raise :class:`SampleError` for a
+        unit that cannot be read at all (it is skipped and counted once)."""
+        raise NotImplementedError
+
+    def decode(self, raw: Raw, clip: ClipSpec, generator: torch.Generator | None = None) -> dict[str, Any]:
+        """One raw sample -> item; raises :class:`SampleError` (or ``FileNotFoundError``)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def probe(self, clip: ClipSpec, attempts: int = 8) -> None:
+        """Decode samples from the start of the source until one works (at most ``attempts``);
+        raise :class:`DataError` listing the reasons when none does. Cheap: stops at the first
+        good sample."""
+        reasons: list[str] = []
+        tried = 0
+        for unit in range(self.num_units()):
+            try:
+                raws = self.read_unit(unit, epoch=0, seed=0, shuffle=False)
+                for raw in raws:
+                    tried += 1
+                    try:
+                        self.decode(raw, clip.deterministic())
+                        return
+                    except (SampleError, ClipError, FileNotFoundError) as err:
+                        reasons.append(str(err))
+                    if tried >= attempts:
+                        break
+            except SampleError as err:
+                tried += 1
+                reasons.append(str(err))
+            if tried >= attempts:
+                break
+        if not reasons:
+            raise DataError(f"{self.describe()}: no samples")
+        shown = "; ".join(reasons[:3]) + (f"; ... ({len(reasons) - 3} more)" if len(reasons) > 3 else "")
+        raise DataError(f"{self.describe()}: nothing readable: the first {tried} samples all failed: {shown}")
+
+
+class VideoSource(Source):
+    """A source of video-text samples (folder + index, or shards)."""
+
+    kind = "video"
+
+    @staticmethod
+    def video_item(media: MediaSource, clip: ClipSpec, generator: torch.Generator | None, name: str,
+                   caption: str, key: str, window: tuple[float | None, float | None] = (None, None),
+                   fps: float | None = None) -> dict[str, Any]:
+        """Decode ``media`` (path or bytes) into an item; errors become :class:`SampleError`."""
+        try:
+            decoded = load_clip(media, clip, generator, name=name, window=window, fps=fps)
+        except (ClipError, FileNotFoundError) as err:
+            raise SampleError(str(err)) from err
+        video, mask = pad_clip(decoded.frames, clip.num_frames)  # (3, T, H, W), (T,)
+        return {"video": video, "frame_mask": mask, "fps": torch.tensor(decoded.fps, dtype=torch.float32),
+                "caption": caption, "key": key}
+
+
+class ImageSource(Source):
+    """A source of image-text samples, served as one-frame videos or static clips (``clip.image_mode``)."""
+
+    kind = "image"
+
+    @staticmethod
+    def image_item(media: MediaSource, clip: ClipSpec, generator: torch.Generator | None, name: str,
+                   caption: str, key: str) -> dict[str, Any]:
+        """Decode ``media`` (path or bytes) into an item; errors become :class:`SampleError`."""
+        try:
+            image = load_image(media, clip, generator, name=name)  # (h, w, 3)
+        except (ClipError, FileNotFoundError) as err:
+            raise SampleError(str(err)) from err
+        video, mask, fps = image_to_clip(image, clip.num_frames, clip.image_mode, clip.static_fps)
+        return {"video": video, "frame_mask": mask, "fps": torch.tensor(fps, dtype=torch.float32),
+                "caption": caption, "key": key}

@@ -1,0 +1,236 @@
+"""``VideoTextDataModule``: real video-text data (folder + CSV/JSONL, or webdataset shards) with
+optional image-text data mixed in, for joint image-video training; or pre-encoded latents.
+
+Batches follow the models' contract: ``video`` (B, 3, T, H, W) float in [-1, 1],
+``frame_mask`` (B, T) bool, ``fps`` (B,) float (the effective frame rate of each clip; 0 for
+masked stills), ``caption`` list[str], ``key`` list[str], plus ``skipped`` (int: bad samples
+passed over since the previous batch of that worker), ``skipped_names`` and ``units_done``
+(see :mod:`latentvid.data.stream`). With ``latents`` set, batches are those of
+:class:`~latentvid.data.latents.LatentDataModule` (``latents`` (B, C, t, h, w) + latent mask).
+
+Configured in YAML like any constructor (sources by ``class_path``)::
+
+    data:
+      class_path: latentvid.data.video_text.VideoTextDataModule
+      init_args:
+        video:
+          class_path: latentvid.data.shards.VideoShards
+          init_args: {urls: "data/webvid/shard-{000000..000099}.tar"}
+        images:
+          class_path: latentvid.data.folder.ImageFolder
+          init_args: {root: data/laion, index: images.csv}
+        image_ratio: 0.25
+        clip: {num_frames: 16, size: 256, fps: 8}
+        batch_size: 8
+        num_workers: 8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from latentvid.data.clips import ClipSpec
+from latentvid.data.sources import ImageSource, VideoSource
+from latentvid.data.stream import UNITS_DONE, Batched, MixedStream, SampleStream, StreamProgress, keep_batch
+
+STATE_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """Hyperparameters as plain data (so checkpoints load with ``weights_only=True``)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (VideoSource, ImageSource)):
+        return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "describe": value.describe()}
+    return value
+
+
+class VideoTextDataModule(LightningDataModule):
+    """Stream video-text (and image-text) samples for training and validation.
+
+    Decoding happens in DataLoader workers (``num_workers`` > 0, persistent), each reading its
+    own share of the units (shards / row blocks) of each source. A bad sample is skipped and
+    counted (``batch["skipped"]``); a source whose first samples all fail, a wrong path or a
+    wrong column stops at ``setup`` with a message naming the file.
+
+    Args:
+        video: the training video source (:class:`~latentvid.data.folder.VideoFolder` or
+            :class:`~latentvid.data.shards.VideoShards`); may be None when ``latents`` is set or
+            ``image_ratio`` is 1.
+        images: an optional image source (:class:`~latentvid.data.folder.ImageFolder` or
+            :class:`~latentvid.data.shards.ImageShards`) mixed in at ``image_ratio``.
+        val: an optional validation video source (read in order, centred starts and crops).
+        clip: the clip spec (frames, size, fps or stride, start, short-clip policy, crop,
+            reader, how stills become clips).
+        image_ratio: probability that a training sample is a still.
+        batch_size: samples per batch (train and validation); every batch has this size except
+            possibly the last validation batch.
+        num_workers: DataLoader worker processes that decode (0 = in the main process: slow,
+            for debugging).
+        val_num_workers: workers for validation (default: ``min(num_workers, 2)``).
+        seed: seed of unit orders, shuffle buffers, clip starts / crops and mixing draws.
+        resampled: draw training units with replacement forever (pair with ``epoch_size`` or
+            ``trainer.max_steps``): the usual choice for multi-node runs, where ranks must
+            not run out of data at different times.
+        epoch_size: training samples per epoch across the job (None: one pass over the videos).
+        probe: at setup, decode up to this many samples of each source and stop if none works
+            (0: no probe).
+        prefetch_factor: batches prefetched per worker.
+        latents: a folder of pre-encoded latents (``tools/encode_latents.py``); used instead of
+            the sources for training.
+        val_latents: a pre-encoded latent folder for validation.
+        rank, world_size: this process's place in the job (default: from the trainer, else
+            ``torch.distributed``); set them to simulate ranks in tests.
+    """
+
+    def __init__(
+        self,
+        video: VideoSource | None = None,
+        images: ImageSource | None = None,
+        val: VideoSource | None = None,
+        clip: ClipSpec = ClipSpec(),
+        image_ratio: float = 0.0,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        val_num_workers: int | None = None,
+        seed: int = 0,
+        resampled: bool = False,
+        epoch_size: int | None = None,
+        probe: int = 8,
+        prefetch_factor: int = 2,
+        latents: str | None = None,
+        val_latents: str | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        init_args = dict(locals())
+        super().__init__()
+        args = {k: _plain(v) for k, v in init_args.items() if k not in ("self", "__class__")}
+        if batch_size < 1 or num_workers < 0 or (val_num_workers is not None and val_num_workers < 0):
+            raise ValueError(f"invalid {batch_size=} {num_workers=} {val_num_workers=}")
+        if not 0.0 <= image_ratio <= 1.0:
+            raise ValueError(f"image_ratio must be in [0, 1], got {image_ratio}")
+        if latents is None:
+            if video is None and image_ratio < 1.0:
+                raise ValueError("VideoTextDataModule: give a `video` source (or `latents`, or image_ratio=1 with `images`)")
+            if images is None and image_ratio > 0.0:
+                raise ValueError(f"VideoTextDataModule: image_ratio={image_ratio} needs an `images` source")
+        for label, source, kind in (("video", video, VideoSource), ("val", val, VideoSource), ("images", images, ImageSource)):
+            if source is not None and not isinstance(source, kind):
+                raise TypeError(f"VideoTextDataModule: `{label}` must be a {kind.__name__}, got {type(source).__name__}")
+        # plain data only (checkpoints load with weights_only=True); num_frames / size are what
+        # tools/sample.py reads to pick the sampling shape
+        self.save_hyperparameters({**args, "num_frames": clip.num_frames,
+                                   "size": clip.size if isinstance(clip.size, int) else list(clip.size)})
+        self.video, self.images, self.val = video, images, val
+        self.clip = clip
+        self.image_ratio = image_ratio
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_num_workers = min(num_workers, 2) if val_num_workers is None else val_num_workers
+        self.seed = seed
+        self.resampled = resampled
+        self.epoch_size = epoch_size
+        self.probe = probe
+        self.prefetch_factor = prefetch_factor
+        self.latents, self.val_latents = latents, val_latents
+        self.rank, self.world_size = rank, world_size
+        self.progress = StreamProgress()
+        self._latent_dm: Any = None
+        self._probed = False
+
+    @property
+    def root(self) -> str | None:
+        """The video folder (where ``LogSampleVideos`` looks for ``eval_prompts.txt``), if any."""
+        return getattr(self.video, "root", None) or getattr(self.val, "root", None)
+
+    # ---- setup -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Check that every source yields at least one good sample (``probe``), or set up latents."""
+        if self.latents is not None:
+            if self._latent_dm is None:
+                from latentvid.data.latents import LatentDataModule
+
+                self._latent_dm = LatentDataModule(root=self.latents, batch_size=self.batch_size,
+                                                   num_workers=self.num_workers,
+                                                   image_ratio=self.image_ratio or None,
+                                                   val_root=self.val_latents, seed=self.seed)
+            self._latent_dm.setup(stage)
+            return
+        if self.probe and not self._probed:
+            for source in (self.video, self.images if self.image_ratio > 0 else None, self.val):
+                if source is not None:
+                    source.probe(self.clip, attempts=self.probe)
+            self._probed = True
+
+    def _partition(self) -> tuple[int | None, int | None]:
+        if self.rank is not None and self.world_size is not None:
+            return self.rank, self.world_size
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        return None, None  # SampleStream asks torch.distributed
+
+    def _stream(self, source: Any, name: str, train: bool) -> SampleStream:
+        rank, world = self._partition()
+        stream = SampleStream(source, self.clip if train else self.clip.deterministic(), name=name, shuffle=train,
+                              resampled=train and self.resampled, seed=self.seed, rank=rank, world_size=world)
+        if train:
+            stream.resume(*self.progress.resume_point(name, source.num_units()))
+        return stream
+
+    def train_dataset(self) -> MixedStream:
+        """The training stream (videos and stills mixed at ``image_ratio``)."""
+        videos = self._stream(self.video, "video", True) if self.video is not None and self.image_ratio < 1 else None
+        images = self._stream(self.images, "images", True) if self.images is not None and self.image_ratio > 0 else None
+        mixed = MixedStream(videos, images, self.image_ratio, seed=self.seed)
+        if self.epoch_size is not None:
+            for stream in (videos, images):
+                if stream is not None:  # the primary stream ends the epoch
+                    stream.epoch_size = self.epoch_size if (stream is videos or videos is None) else None
+        return mixed
+
+    def _loader(self, dataset: Any, workers: int, drop_last: bool) -> DataLoader:
+        extra = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor} if workers > 0 else {}
+        # batches are formed inside each worker (Batched), so skip counts survive drop_last
+        return DataLoader(Batched(dataset, self.batch_size, drop_last), batch_size=None, num_workers=workers,
+                          collate_fn=keep_batch, **extra)
+
+    def train_dataloader(self) -> DataLoader:
+        """Fixed-size training batches; decoding in ``num_workers`` persistent workers."""
+        if self.latents is not None:
+            self.setup("fit")
+            return self._latent_dm.train_dataloader()
+        return self._loader(self.train_dataset(), self.num_workers, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation clips in order (none without a ``val`` source or ``val_latents``)."""
+        if self.latents is not None:
+            self.setup("validate")
+            return self._latent_dm.val_dataloader()
+        if self.val is None:
+            return []
+        return self._loader(self._stream(self.val, "val", False), self.val_num_workers, drop_last=False)
+
+    # ---- resume position ---------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record which units the training batches have consumed (see ``state_dict``)."""
+        trainer = getattr(self, "trainer", None)
+        if isinstance(batch, dict) and trainer is not None and trainer.training:
+            self.progress.update(batch.get(UNITS_DONE, ()))
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"version": 1, "progress": {stream: {"epoch": e, "done_units": [...]}}}``: the units
+        (shards / row blocks) of the current epoch that the trained batches consumed completely."""
+        return {"version": STATE_VERSION, "progress": self.progress.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next training dataloader leaves out the units consumed in that epoch."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"VideoTextDataModule: unknown state version {state.get('version')!r}")
+        self.progress.load_state_dict(state["progress"])
