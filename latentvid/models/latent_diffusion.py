@@ -175,16 +175,24 @@ class LatentDiffusion(LightningModule):
         return self.unet(z, logsnr, context=context, context_mask=context_mask, fps=fps, frame_mask=frame_mask)
 
     def denoise(self, z: Tensor, logsnr: Tensor, context: Tensor, context_mask: Tensor, fps: Tensor | None = None,
-                frame_mask: Tensor | None = None) -> Tensor:
-        """x0 estimate (B, C, t, h, w): the sampler's view of the network, whatever its target."""
+                frame_mask: Tensor | None = None, **cond: Tensor) -> Tensor:
+        """x0 estimate (B, C, t, h, w): the sampler's view of the network, whatever its target.
+        ``cond``: the extra inputs of a subclass's ``forward`` (see :meth:`conditioning`)."""
         alpha, sigma = alpha_sigma(logsnr)
-        pred = self(z, logsnr, context, context_mask, fps, frame_mask)
+        pred = self(z, logsnr, context, context_mask, fps, frame_mask, **cond)
         return prediction_to_x0(pred, z, alpha, sigma, self.target)
 
     def encode_text(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         """Captions -> tokens (B, L, D) and mask (B, L) on this module's device."""
         context, mask = self.text_encoder(list(captions))
         return context.to(self.device), mask.to(self.device)
+
+    def conditioning(self, batch: dict, z0: Tensor, mask: Tensor, generator: torch.Generator | None = None
+                     ) -> dict[str, Tensor]:
+        """Extra keyword inputs of ``forward`` derived from a training batch, for clean z0 (B, C, t, h, w)
+        with frame mask (B, t). None for the base model; the super-resolution stages
+        (:mod:`latentvid.models.super_resolution`) return their low-resolution conditioning here."""
+        return {}
 
     # ---- training ---------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, t: Tensor | None = None) -> Tensor:
@@ -220,7 +228,8 @@ class LatentDiffusion(LightningModule):
         eps = torch.randn(z0.shape, generator=generator, device=z0.device if generator is None else generator.device)
         eps = eps.to(z0)
         z_t = diffuse(z0, eps, alpha, sigma)
-        pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask)
+        pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask,
+                    **self.conditioning(batch, z0, mask, generator))
         target = training_target(z0, eps, alpha, sigma, self.target)
         weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma)
         return masked_mse(pred, target, mask, weight=weight)
@@ -284,26 +293,38 @@ class LatentDiffusion(LightningModule):
                              f"spatial factor {fs.spatial_factor}")
         shape = (b, fs.latent_channels, fs.latent_frames(num_frames), height // fs.spatial_factor,
                  width // fs.spatial_factor)
+        denoise = self.guided_denoiser(captions, fps, scale)
+        z = torch.randn(shape, generator=generator, device=self.device)
+        z = self.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generator, progress=progress)
+        video = fs.decode(z)
+        if not math.isfinite(float(video.abs().max())):
+            raise FloatingPointError("sampling produced non-finite values")
+        return video.clamp(-1.0, 1.0)
+
+    def guided_denoiser(self, captions: list[str], fps: float, guidance_scale: float, **cond: Tensor):
+        """``denoise(z, logsnr) -> x0_hat`` for the samplers: classifier-free guidance between ``captions``
+        and the empty caption (one batched forward), x0 clipping when ``clip_sample`` is set. ``cond``
+        (tensors (B, ...)) go to both branches unchanged (e.g. an SR stage's low-resolution video)."""
+        b = len(captions)
         context, cmask = self.encode_text(captions)
         empty, emask = self.encode_text([""] * b)
         fps_t = torch.full((b,), float(fps), device=self.device)
         denoise = classifier_free_guidance(
             self.denoise,
-            {"context": context, "context_mask": cmask, "fps": fps_t},
-            {"context": empty, "context_mask": emask, "fps": fps_t},
-            scale,
+            {"context": context, "context_mask": cmask, "fps": fps_t, **cond},
+            {"context": empty, "context_mask": emask, "fps": fps_t, **cond},
+            guidance_scale,
         )
         if self.hparams.clip_sample is not None:
             denoise = clip_denoised(denoise, self.hparams.clip_sample)
-        z = torch.randn(shape, generator=generator, device=self.device)
+        return denoise
+
+    def run_sampler(self, denoise, z: Tensor, steps: int, sampler: str, eta: float = 0.0,
+                    generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+        """Integrate from the starting noise z (B, C, t, h, w) on the schedule's ``steps``-step grid -> (B, C, t, h, w)."""
         logsnrs = self.schedule.sampling_logsnrs(steps).to(self.device)
         if sampler == "ddim":
-            z = sample_ddim(denoise, z, logsnrs, eta=eta, generator=generator, progress=progress)
-        elif sampler == "ancestral":
-            z = sample_ancestral(denoise, z, logsnrs, generator=generator, progress=progress)
-        else:
-            raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
-        video = fs.decode(z)
-        if not math.isfinite(float(video.abs().max())):
-            raise FloatingPointError("sampling produced non-finite values")
-        return video.clamp(-1.0, 1.0)
+            return sample_ddim(denoise, z, logsnrs, eta=eta, generator=generator, progress=progress)
+        if sampler == "ancestral":
+            return sample_ancestral(denoise, z, logsnrs, generator=generator, progress=progress)
+        raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
