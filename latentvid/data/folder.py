@@ -101,12 +101,13 @@ def read_table(
             raise DataError(f"{index_path}: give path_column or path_format")
         roles["path"] = path_column
     needed = {c: r for r, c in roles.items() if c} | {f: "path_format" for f in _format_fields(path_format or "")}
+    optional = {c for r, c in roles.items() if c and r in ("fps", "start", "end")}  # may be blank / absent per row
 
     suffix = index_path.suffix.lower()
     if suffix in _CSV_DELIMITERS:
         records = _csv_records(index_path, _CSV_DELIMITERS[suffix], needed)
     elif suffix in _JSONL_SUFFIXES:
-        records = _jsonl_records(index_path, needed)
+        records = _jsonl_records(index_path, needed, optional)
     else:
         raise DataError(f"{index_path}: unknown index format {suffix!r}; use .csv, .tsv or .jsonl")
 
@@ -165,7 +166,7 @@ def _csv_records(path: Path, delimiter: str, needed: dict[str, str]) -> Iterator
     return iter(records)
 
 
-def _jsonl_records(path: Path, needed: dict[str, str]) -> Iterator[tuple[int, dict, str | None]]:
+def _jsonl_records(path: Path, needed: dict[str, str], optional: set[str]) -> Iterator[tuple[int, dict, str | None]]:
     records = []
     seen: set[str] = set()
     with open(path, "rb") as f:
@@ -184,7 +185,7 @@ def _jsonl_records(path: Path, needed: dict[str, str]) -> Iterator[tuple[int, di
                 records.append((line, {}, f"expected a JSON object, got {type(record).__name__}"))
                 continue
             seen.update(record)
-            absent = [c for c in needed if c not in record]
+            absent = [c for c in needed if c not in record and c not in optional]
             records.append((line, record, f"no {absent[0]!r} field" if absent else None))
     never = [c for c in needed if c not in seen]
     if records and never:

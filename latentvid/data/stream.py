@@ -252,21 +252,37 @@ class MixedStream(IterableDataset):
     """Interleave a video stream with an image stream: each item is an image with probability
     ``image_ratio`` (drawn per item from a seeded generator), else the next video.
 
-    The epoch ends when the video stream does; the image stream restarts (its next epoch) when it
-    runs out first. ``image_ratio`` 1 yields one pass over the images.
+    The epoch ends when the video stream does (or after ``epoch_size`` samples across the job,
+    images included); the image stream restarts (its next epoch) when it runs out first.
+    ``image_ratio`` 1 yields one pass over the images.
     """
 
     def __init__(self, videos: SampleStream | None, images: SampleStream | None, image_ratio: float,
-                 seed: int = 0) -> None:
+                 seed: int = 0, epoch_size: int | None = None) -> None:
         super().__init__()
         if not 0.0 <= image_ratio <= 1.0:
             raise ValueError(f"image_ratio must be in [0, 1], got {image_ratio}")
         if (images is None and image_ratio > 0) or (videos is None and image_ratio < 1):
             raise ValueError(f"image_ratio={image_ratio} needs {'an image' if images is None else 'a video'} source")
+        if epoch_size is not None and epoch_size < 1:
+            raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
         self.videos, self.images, self.image_ratio, self.seed = videos, images, image_ratio, seed
+        self.epoch_size = epoch_size
         self._iterations = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        primary = self.videos if self.videos is not None else self.images
+        if self.epoch_size is None:
+            yield from self._mix()
+            return
+        part = current_partition(primary.rank, primary.world_size)
+        limit = math.ceil(self.epoch_size / part.count)
+        for n, item in enumerate(self._mix(), start=1):
+            yield item
+            if n >= limit:
+                return
+
+    def _mix(self) -> Iterator[dict[str, Any]]:
         if self.image_ratio >= 1.0:
             yield from self.images
             return

@@ -187,11 +187,7 @@ class VideoTextDataModule(LightningDataModule):
         """The training stream (videos and stills mixed at ``image_ratio``)."""
         videos = self._stream(self.video, "video", True) if self.video is not None and self.image_ratio < 1 else None
         images = self._stream(self.images, "images", True) if self.images is not None and self.image_ratio > 0 else None
-        mixed = MixedStream(videos, images, self.image_ratio, seed=self.seed)
-        if self.epoch_size is not None:
-            for stream in (videos, images):
-                if stream is not None:  # the primary stream ends the epoch
-                    stream.epoch_size = self.epoch_size if (stream is videos or videos is None) else None
+        mixed = MixedStream(videos, images, self.image_ratio, seed=self.seed, epoch_size=self.epoch_size)
         return mixed
 
     def _loader(self, dataset: Any, workers: int, drop_last: bool) -> DataLoader:
