@@ -188,11 +188,12 @@ class LatentDiffusion(LightningModule):
         return context.to(self.device), mask.to(self.device)
 
     def conditioning(self, batch: dict, z0: Tensor, mask: Tensor, generator: torch.Generator | None = None
-                     ) -> dict[str, Tensor]:
-        """Extra keyword inputs of ``forward`` derived from a training batch, for clean z0 (B, C, t, h, w)
-        with frame mask (B, t). None for the base model; the super-resolution stages
-        (:mod:`latentvid.models.super_resolution`) return their low-resolution conditioning here."""
-        return {}
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The diffusion target and the extra keyword inputs of ``forward`` for a training batch with
+        clean z0 (B, C, t, h, w) and frame mask (B, t). The base model returns ``(z0, {})``; the
+        super-resolution stages (:mod:`latentvid.models.super_resolution`) add their low-resolution
+        conditioning here (and may diffuse a residual instead of z0)."""
+        return z0, {}
 
     # ---- training ---------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict, generator: torch.Generator | None = None, t: Tensor | None = None) -> Tensor:
@@ -227,9 +228,9 @@ class LatentDiffusion(LightningModule):
         alpha, sigma = alpha_sigma(logsnr)
         eps = torch.randn(z0.shape, generator=generator, device=z0.device if generator is None else generator.device)
         eps = eps.to(z0)
+        z0, extra = self.conditioning(batch, z0, mask, generator)
         z_t = diffuse(z0, eps, alpha, sigma)
-        pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask,
-                    **self.conditioning(batch, z0, mask, generator))
+        pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask, **extra)
         target = training_target(z0, eps, alpha, sigma, self.target)
         weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma)
         return masked_mse(pred, target, mask, weight=weight)
@@ -301,10 +302,11 @@ class LatentDiffusion(LightningModule):
             raise FloatingPointError("sampling produced non-finite values")
         return video.clamp(-1.0, 1.0)
 
-    def guided_denoiser(self, captions: list[str], fps: float, guidance_scale: float, **cond: Tensor):
+    def guided_denoiser(self, captions: list[str], fps: float, guidance_scale: float, *, clip: bool = True,
+                        **cond: Tensor):
         """``denoise(z, logsnr) -> x0_hat`` for the samplers: classifier-free guidance between ``captions``
-        and the empty caption (one batched forward), x0 clipping when ``clip_sample`` is set. ``cond``
-        (tensors (B, ...)) go to both branches unchanged (e.g. an SR stage's low-resolution video)."""
+        and the empty caption (one batched forward), x0 clipping when ``clip`` and ``clip_sample`` are set.
+        ``cond`` (tensors (B, ...)) go to both branches unchanged (e.g. an SR stage's low-resolution video)."""
         b = len(captions)
         context, cmask = self.encode_text(captions)
         empty, emask = self.encode_text([""] * b)
@@ -315,7 +317,7 @@ class LatentDiffusion(LightningModule):
             {"context": empty, "context_mask": emask, "fps": fps_t, **cond},
             guidance_scale,
         )
-        if self.hparams.clip_sample is not None:
+        if clip and self.hparams.clip_sample is not None:
             denoise = clip_denoised(denoise, self.hparams.clip_sample)
         return denoise
 

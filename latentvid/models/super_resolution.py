@@ -137,6 +137,11 @@ def chunked_denoiser(make_denoiser: Callable[[int, int], Denoiser], num_frames: 
     return denoise
 
 
+def _clamp_between(denoise: Denoiser, low: Tensor, high: Tensor) -> Denoiser:
+    """Clamp x0_hat elementwise to [low, high] (tensors shaped like it)."""
+    return lambda z, logsnr: torch.minimum(torch.maximum(denoise(z, logsnr), low), high)
+
+
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device).to(like)
@@ -161,6 +166,10 @@ class SuperResolutionDiffusion(LatentDiffusion):
         chunk_frames: by default, sample in time chunks of this many frames (None: the whole clip at
             once). Each chunk is read with exactly enough neighbouring frames that the result equals
             whole-clip sampling; needs a U-Net without temporal attention.
+        residual_scale: None diffuses the video itself; a number k diffuses k * (video - reference),
+            the reference being the plain upsampling of the input (:meth:`reference`), so the model
+            only has to add the missing detail (and starts from the plain upsampling). ``clip_sample``
+            then still bounds the video, not the residual.
         **kwargs: :class:`LatentDiffusion` arguments (schedule, target, lr, sample_steps, sampler,
             guidance_scale, clip_sample, ...).
     """
@@ -175,8 +184,11 @@ class SuperResolutionDiffusion(LatentDiffusion):
         augmentation: ConditioningAugmentation = ConditioningAugmentation(),
         same_noise: bool = True,
         chunk_frames: int | None = None,
+        residual_scale: float | None = None,
         **kwargs,
     ) -> None:
+        if residual_scale is not None and not residual_scale > 0:
+            raise ValueError(f"residual_scale must be > 0 or None, got {residual_scale}")
         if kwargs.get("first_stage") is not None and not isinstance(kwargs["first_stage"], IdentityFirstStage):
             raise ValueError(f"{self.kind} stages work in pixel space: leave first_stage unset")
         if chunk_frames is not None and chunk_frames < 1:
@@ -185,6 +197,7 @@ class SuperResolutionDiffusion(LatentDiffusion):
         super().__init__(unet, text_encoder, **kwargs)
         self.same_noise = same_noise
         self.chunk_frames = chunk_frames
+        self.residual_scale = residual_scale
         self.trained_shape: tuple[int, int, int] | None = None  # (T, H, W) of the training clips
 
     # ---- what subclasses define -------------------------------------------------------------
@@ -199,6 +212,10 @@ class SuperResolutionDiffusion(LatentDiffusion):
 
     def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None) -> Tensor:
         """Low-resolution video (B, 3, t, h, w), augmented to aug_logsnr (B,) -> conditioning (B, Cc, T, H, W)."""
+        raise NotImplementedError
+
+    def reference(self, low: Tensor) -> Tensor:
+        """The plain upsampling of a low-resolution video (B, 3, t, h, w) -> (B, 3, T, H, W)."""
         raise NotImplementedError
 
     def output_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -252,14 +269,18 @@ class SuperResolutionDiffusion(LatentDiffusion):
                          extra=aug_logsnr.to(z)[:, None])
 
     def conditioning(self, batch: dict, z0: Tensor, mask: Tensor, generator: torch.Generator | None = None
-                     ) -> dict[str, Tensor]:
-        """The training pair's conditioning: z0 (B, 3, T, H, W) degraded, augmented to a random level."""
+                     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training pair: the clip z0 (B, 3, T, H, W) degraded, its conditioning augmented to a
+        random level; the target is z0, or its scaled residual over :meth:`reference`."""
         if self.training:
             self.trained_shape = tuple(int(n) for n in z0.shape[2:])
         low, _ = self.degrade(z0, mask)
         s = self.augmentation.training_levels(z0.shape[0], self.schedule.logsnr, generator, z0.device)
         aug_logsnr = self.schedule.logsnr(s.to(z0.device))
-        return {"cond": self.make_condition(low, aug_logsnr, generator), "aug_logsnr": aug_logsnr}
+        extra = {"cond": self.make_condition(low, aug_logsnr, generator), "aug_logsnr": aug_logsnr}
+        if self.residual_scale is not None:
+            z0 = (z0 - self.reference(low)) * self.residual_scale
+        return z0, extra
 
     # ---- checkpoints: remember the training shape for the cascade's chain check -------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -321,25 +342,34 @@ class SuperResolutionDiffusion(LatentDiffusion):
         same_noise = self.same_noise if same_noise is None else same_noise
         chunk = self.chunk_frames if chunk_frames is None else chunk_frames
 
+        lowres = lowres.to(self.device, torch.float32)
         aug_logsnr = self.schedule.logsnr(torch.full((b,), level, device=self.device))
-        cond = self.make_condition(lowres.to(self.device, torch.float32), aug_logsnr, generator)  # (B, Cc, T, H, W)
+        cond = self.make_condition(lowres, aug_logsnr, generator)  # (B, Cc, T, H, W)
         t, h, w = cond.shape[2:]
+        k = self.residual_scale
+        clip = k is None  # a residual is clipped below, so that the video stays in range
+
+        def guided(lo: int, hi: int) -> Denoiser:
+            return self.guided_denoiser(captions, fps, scale, clip=clip, cond=cond[:, :, lo:hi], aug_logsnr=aug_logsnr)
+
         if chunk and chunk < t:
             halo = temporal_radius(self.unet)
             if halo is None:
                 raise ValueError(f"chunked sampling needs a U-Net without temporal attention (this {self.kind} "
                                  f"stage has it); set chunk_frames to null")
-            denoise = chunked_denoiser(
-                lambda lo, hi: self.guided_denoiser(captions, fps, scale, cond=cond[:, :, lo:hi], aug_logsnr=aug_logsnr),
-                t, chunk, halo)
+            denoise = chunked_denoiser(guided, t, chunk, halo)
         else:
-            denoise = self.guided_denoiser(captions, fps, scale, cond=cond, aug_logsnr=aug_logsnr)
+            denoise = guided(0, t)
+        ref = self.reference(lowres) if k is not None else None  # (B, 3, T, H, W)
+        if ref is not None and self.hparams.clip_sample is not None:
+            c = self.hparams.clip_sample
+            denoise = _clamp_between(denoise, (-c - ref) * k, (c - ref) * k)
         if same_noise:
             z = _randn((b, 3, 1, h, w), generator, cond).expand(-1, -1, t, -1, -1).contiguous()  # (B, 3, T, H, W)
         else:
             z = _randn((b, 3, t, h, w), generator, cond)
         z = self.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generator, progress=progress)
-        video = self.first_stage.decode(z)
+        video = self.first_stage.decode(z) if ref is None else ref + z / k
         if not torch.isfinite(video).all():
             raise FloatingPointError(f"{self.kind} sampling produced non-finite values")
         return video.clamp(-1.0, 1.0)
@@ -355,7 +385,7 @@ class SpatialSuperResolution(SuperResolutionDiffusion):
         text_encoder: optional text tower (None: no text).
         scale_factor: output size / input size (training inputs are the clips downsampled by it).
         upsample_mode: ``"bicubic"`` or ``"bilinear"``, how the input is brought to the target size.
-        augmentation, same_noise, chunk_frames, **kwargs: see :class:`SuperResolutionDiffusion`.
+        augmentation, same_noise, chunk_frames, residual_scale, **kwargs: see :class:`SuperResolutionDiffusion`.
     """
 
     kind = "SSR"
@@ -369,6 +399,7 @@ class SpatialSuperResolution(SuperResolutionDiffusion):
         augmentation: ConditioningAugmentation = ConditioningAugmentation(),
         same_noise: bool = True,
         chunk_frames: int | None = None,
+        residual_scale: float | None = None,
         **kwargs,
     ) -> None:
         if scale_factor < 1:
@@ -376,16 +407,20 @@ class SpatialSuperResolution(SuperResolutionDiffusion):
         if upsample_mode not in UPSAMPLE_MODES:
             raise ValueError(f"upsample_mode must be one of {UPSAMPLE_MODES}, got {upsample_mode!r}")
         self.scale_factor, self.upsample_mode = scale_factor, upsample_mode
-        super().__init__(unet, text_encoder, augmentation, same_noise, chunk_frames, **kwargs)
+        super().__init__(unet, text_encoder, augmentation, same_noise, chunk_frames, residual_scale, **kwargs)
 
     def degrade(self, video: Tensor, frame_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """(B, 3, T, H, W) -> anti-aliased (B, 3, T, H/f, W/f); the frame mask is unchanged."""
         return downsample_space(video, self.scale_factor), frame_mask
 
+    def reference(self, low: Tensor) -> Tensor:
+        """(B, 3, T, h, w) -> upsampled (``upsample_mode``) to (B, 3, T, h*f, w*f)."""
+        return upsample_space(low, (low.shape[-2] * self.scale_factor, low.shape[-1] * self.scale_factor),
+                              self.upsample_mode)
+
     def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None) -> Tensor:
         """(B, 3, T, h, w) -> upsampled to (B, 3, T, h*f, w*f), then noised to aug_logsnr (B,)."""
-        up = upsample_space(low, (low.shape[-2] * self.scale_factor, low.shape[-1] * self.scale_factor),
-                            self.upsample_mode)
+        up = self.reference(low)
         return augment(up, aug_logsnr.to(up), _randn(tuple(up.shape), generator, up))
 
     def output_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -411,7 +446,7 @@ class TemporalSuperResolution(SuperResolutionDiffusion):
         frame_factor: output frames / input frames (training inputs keep every f-th frame).
         fill: ``"repeat"`` (each input frame repeated f times) or ``"blank"`` (zero frames in
             between plus a mask channel marking the real ones).
-        augmentation, same_noise, chunk_frames, **kwargs: see :class:`SuperResolutionDiffusion`.
+        augmentation, same_noise, chunk_frames, residual_scale, **kwargs: see :class:`SuperResolutionDiffusion`.
     """
 
     kind = "TSR"
@@ -425,6 +460,7 @@ class TemporalSuperResolution(SuperResolutionDiffusion):
         augmentation: ConditioningAugmentation = ConditioningAugmentation(),
         same_noise: bool = False,
         chunk_frames: int | None = None,
+        residual_scale: float | None = None,
         **kwargs,
     ) -> None:
         if frame_factor < 1:
@@ -432,7 +468,7 @@ class TemporalSuperResolution(SuperResolutionDiffusion):
         if fill not in FILL_MODES:
             raise ValueError(f"fill must be one of {FILL_MODES}, got {fill!r}")
         self.frame_factor, self.fill = frame_factor, fill
-        super().__init__(unet, text_encoder, augmentation, same_noise, chunk_frames, **kwargs)
+        super().__init__(unet, text_encoder, augmentation, same_noise, chunk_frames, residual_scale, **kwargs)
 
     @property
     def fps_factor(self) -> int:  # type: ignore[override]
@@ -445,6 +481,10 @@ class TemporalSuperResolution(SuperResolutionDiffusion):
     def degrade(self, video: Tensor, frame_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """(B, 3, T, H, W) -> every f-th frame (B, 3, T/f, H, W) and its mask."""
         return drop_frames(video, frame_mask, self.frame_factor)
+
+    def reference(self, low: Tensor) -> Tensor:
+        """(B, 3, t, H, W) -> each frame repeated: (B, 3, t*f, H, W) (whatever ``fill`` the network sees)."""
+        return expand_frames(low, self.frame_factor, "repeat")
 
     def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None) -> Tensor:
         """(B, 3, t, H, W) noised to aug_logsnr (B,) at the input rate, then -> (B, Cc, t*f, H, W):

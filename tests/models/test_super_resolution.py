@@ -305,3 +305,32 @@ def test_a_few_training_steps_reduce_the_loss(make):
     after = eval_loss()
     # measured: SSR 0.82 -> 0.54, TSR (blank) 0.82 -> 0.47 after 40 steps
     assert after < 0.75 * before, f"loss {before:.4f} -> {after:.4f}"
+
+
+# ---- residual mode ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [lambda **k: ssr(**k), lambda **k: tsr("blank", **k)], ids=["ssr", "tsr_blank"])
+def test_residual_mode_diffuses_the_scaled_residual_over_the_plain_upsampling(make):
+    model = make(residual_scale=4.0).train()
+    batch = shapes_batch(n=2, t=4, size=16)
+    target, extra = model.conditioning(batch, batch["video"], batch["frame_mask"], torch.Generator().manual_seed(0))
+    low, _ = model.degrade(batch["video"], None)
+    if isinstance(model, SpatialSuperResolution):
+        plain = upsample_space(downsample_space(batch["video"], 2), (16, 16), "bicubic")
+    else:
+        plain = batch["video"][:, :, [0, 0, 2, 2]]  # frames repeated
+    torch.testing.assert_close(target, 4.0 * (batch["video"] - plain), atol=1e-5, rtol=0)
+    assert extra["cond"].shape[2:] == batch["video"].shape[2:]
+
+
+def test_residual_mode_starts_from_the_plain_upsampling():
+    # an untrained x0-predicting network outputs zero: a zero residual, so the sample IS the
+    # bicubic upsampling (clipped to [-1, 1]), whatever the noise
+    model = SpatialSuperResolution(tiny_unet(6), None, target="x0", residual_scale=4.0, sample_steps=3,
+                                   clip_sample=1.0).eval()
+    low = torch.rand(2, 3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # overshoots too
+    out = model.sample(low, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, upsample_space(low, (16, 16), "bicubic").clamp(-1, 1), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="residual_scale"):
+        SpatialSuperResolution(tiny_unet(6), None, residual_scale=0.0)
