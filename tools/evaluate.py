@@ -13,6 +13,11 @@ writes them: 00_a_red_circle_moving_left.mp4 -> "a red circle moving left"):
 Reconstruction / super-resolution outputs against their references, paired by file name:
     python tools/evaluate.py --generated recon/ --real originals/ --metrics psnr,ssim
 
+A super-resolution stage (SSR / TSR) on held-out clips: each clip is degraded as in training
+(downsampled in space / every f-th frame kept), super-resolved, and scored against the original
+next to the plain baseline (bicubic upsampling for SSR, repeated frames for TSR):
+    python tools/evaluate.py --sr-ckpt runs/ssr/checkpoints/last.ckpt --real data/shapes-64/heldout.jsonl
+
 Metrics: probe = shapes probe accuracy (colour, shape, direction, all; needs shapes captions);
 fvd = Frechet Video Distance to --real (I3D weights: --i3d or --i3d-torchscript); clip = CLIPSIM
 (open_clip weights: --clip-checkpoint or --clip-arch local-dir:PATH); psnr / ssim = mean over
@@ -67,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     one.add_argument("--ckpt", metavar="PATH", help="checkpoint written by tools/fit.py: sample, then score")
     one.add_argument("--generated", metavar="DIR",
                      help="folder of generated videos to score (with an optional captions.jsonl)")
+    one.add_argument("--sr-ckpt", metavar="PATH",
+                     help="SR stage checkpoint: super-resolve degraded --real clips, score against the originals "
+                          "and the bicubic (SSR) / repeated-frame (TSR) baseline (metrics psnr,ssim)")
     gen = p.add_argument_group("sampling (with --ckpt)")
     add = gen.add_argument
     add("--prompts", metavar="FILE", help="text file, one caption per line")
@@ -84,6 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="captions per sample() call (default 1: per-video seeds, as tools/sample.py)")
     add("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     add("--save-videos", metavar="DIR", help="also write the samples (and a captions.jsonl) to this folder")
+    sr = p.add_argument_group("super-resolution (with --sr-ckpt; also --steps, --sampler, --eta, --guidance, "
+                              "--batch-size, --seed, --save-videos)")
+    sr.add_argument("--aug-level", metavar="S", type=float,
+                    help="conditioning-augmentation level s in [0, 1] (default: the model's sample_level)")
+    sr.add_argument("--limit", metavar="N", type=int, help="score only the first N --real clips")
     p.add_argument("--seed", metavar="N", type=int, default=0,
                    help="sample batch j uses seed + j; also seeds a random-init I3D (default 0)")
     p.add_argument("--real", metavar="DIR_OR_JSONL",
@@ -408,6 +421,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = False  # reproducible numbers on GPU too
     torch.backends.cudnn.deterministic = True
+    if args.sr_ckpt:
+        return evaluate_sr(args)
     names = args.metric_names
     pairwise = [n for n in names if n in ("psnr", "ssim")]
     if ("fvd" in names or pairwise) and not args.real:
@@ -503,6 +518,93 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     report["probe_per_caption"] = {c: {"n": int(m.num_clips), **{k: _as_number(v) for k, v in m.compute().items()}}
                                    for c, m in per_caption.items()}
     report["seeds"] = seeds
+    return report
+
+
+def sr_baseline(model: Any, low: torch.Tensor) -> tuple[str, torch.Tensor]:
+    """The plain upsampling an SR stage must beat: SSR -> bicubic to the target size (clamped to
+    [-1, 1]), TSR -> each frame repeated. ``low`` (B, 3, t, h, w) -> (name, (B, 3, T, H, W))."""
+    from latentvid.models.super_resolution import (
+        SpatialSuperResolution, TemporalSuperResolution, expand_frames, upsample_space,
+    )
+
+    if isinstance(model, SpatialSuperResolution):
+        f = model.scale_factor
+        return "bicubic", upsample_space(low, (low.shape[-2] * f, low.shape[-1] * f), "bicubic").clamp(-1, 1)
+    if isinstance(model, TemporalSuperResolution):
+        return "repeat", expand_frames(low, model.frame_factor, "repeat")
+    raise EvalError(f"--sr-ckpt needs an SSR or TSR checkpoint, got a {type(model).__name__}")
+
+
+def _real_with_captions(source: str) -> list[tuple[Path, str]]:
+    """``(path, caption)`` of the --real clips; captions from a JSONL index, else empty."""
+    path = Path(source)
+    if path.is_file():
+        return [(row["path"], str(row.get("caption", ""))) for row in _read_jsonl(path, ("path",))]
+    return [(f, "") for f in list_real(source)]
+
+
+def evaluate_sr(args: argparse.Namespace) -> dict[str, Any]:
+    """Score an SR stage on degraded --real clips against the originals, beside its plain baseline.
+
+    Clip batch j is sampled with seed ``--seed + j``. Reports psnr / ssim of the stage and of the
+    baseline (``psnr_bicubic`` ...) and the gain in PSNR."""
+    import torch
+
+    from latentvid.data.video import to_uint8, video_info, write_video
+    from latentvid.models.super_resolution import SuperResolutionDiffusion
+
+    names = [n for n in args.metric_names if n != "probe"] or ["psnr", "ssim"]  # probe is the default
+    if set(names) - {"psnr", "ssim"}:
+        raise EvalError(f"--sr-ckpt scores psnr and ssim, not {sorted(set(names) - {'psnr', 'ssim'})}")
+    if not args.real:
+        raise EvalError("--sr-ckpt needs --real: the high-resolution clips to degrade and compare with")
+    try:
+        model, ckpt = _load_sample_tool().load_model(args.sr_ckpt, args.device, ema=not args.no_ema)
+    except (FileNotFoundError, ValueError) as err:
+        raise EvalError(_one_line(err)) from err
+    if not isinstance(model, SuperResolutionDiffusion):
+        raise EvalError(f"{args.sr_ckpt} holds a {type(model).__name__}, not an SR stage")
+    items = _real_with_captions(args.real)[: args.limit or None]
+    if not items:
+        raise EvalError(f"no clips in --real {args.real}")
+    args.metric_names = names
+    ours = build_metrics(args, 1)
+    base = build_metrics(args, 1)
+    out = Path(args.save_videos) if args.save_videos else None
+    report: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "metric_names"}, "metrics": {},
+                              "checkpoint": {"path": str(Path(args.sr_ckpt).resolve()),
+                                             "global_step": ckpt.get("global_step"), "ema": not args.no_ema},
+                              "videos": []}
+    device = torch.device(args.device)
+    n, baseline = 0, "baseline"
+    for j, batch in enumerate(read_batches(items, args.batch_size, "super-resolving")):
+        truth = batch.videos.to(device)  # (B, 3, T, H, W)
+        try:
+            low, _ = model.degrade(truth, None)
+        except ValueError as err:
+            raise EvalError(f"{batch.paths[0]}: {_one_line(err)}") from err
+        fps = video_info(batch.paths[0])["fps"] or args.fps
+        g = torch.Generator(device=model.device).manual_seed(args.seed + j)
+        sr = model.sample(low, batch.captions, fps=fps, steps=args.steps, sampler=args.sampler,
+                          guidance_scale=args.guidance, eta=args.eta, aug_level=args.aug_level, generator=g)
+        baseline, plain = sr_baseline(model, low)
+        for name in names:
+            ours[name].update(video_frames_01(sr), video_frames_01(truth))
+            base[name].update(video_frames_01(plain), video_frames_01(truth))
+        for i, path in enumerate(batch.paths):
+            report["videos"].append({"name": path.name, "caption": batch.captions[i], "seed": args.seed + j})
+            if out is not None:
+                write_video(out / "sr" / path.name, to_uint8(sr[i].float().cpu()), fps=fps)
+                write_video(out / baseline / path.name, to_uint8(plain[i].float().cpu()), fps=fps)
+        n += truth.shape[0]
+    results = report["metrics"]
+    for name in names:
+        results[name] = {"value": _as_number(ours[name].compute()), "n": n}
+        results[f"{name}_{baseline}"] = {"value": _as_number(base[name].compute()), "n": n}
+    if "psnr" in names:
+        results[f"psnr_gain_over_{baseline}"] = {
+            "value": results["psnr"]["value"] - results[f"psnr_{baseline}"]["value"], "n": n}
     return report
 
 

@@ -4,13 +4,15 @@
     python tools/sample.py --ckpt runs/base/.../last.ckpt --prompt "a red circle moving left" --out out.mp4
     python tools/sample.py --ckpt last.ckpt --prompts data/shapes/eval_prompts.txt --out samples/
 
+The whole cascade (base -> SR stages, per-stage settings in the YAML, mp4 at the final frame rate):
+    python tools/sample.py --cascade configs/cascade.yaml --prompt "a red circle moving left" --out out.mp4
+
 EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
@@ -19,18 +21,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint written by tools/fit.py (e.g. .../checkpoints/last.ckpt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="checkpoint written by tools/fit.py (e.g. .../checkpoints/last.ckpt)")
+    src.add_argument("--cascade", metavar="YAML",
+                     help="cascade config (configs/cascade.yaml): base + SR stages with per-stage settings; --steps, "
+                          "--sampler, --guidance, --eta, --frames, --height, --width and --fps then override the "
+                          "base stage's, --no-ema applies to every stage")
     p.add_argument("--prompt", action="append", default=[], help="caption to generate (repeatable)")
     p.add_argument("--prompts", help="text file with one caption per line")
     p.add_argument("--out", required=True, help="output .mp4 for one caption, or a directory for several")
     p.add_argument("--frames", type=int, help="number of frames (default: the training clip length)")
     p.add_argument("--height", type=int, help="height in pixels (default: the training size)")
     p.add_argument("--width", type=int, help="width in pixels (default: the training size)")
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate to condition on and to write (default 8)")
+    p.add_argument("--fps", type=float,
+                   help="frame rate to condition on and to write (default 8; with --cascade: the YAML's base fps)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's sample_steps)")
     p.add_argument("--sampler", choices=["ddim", "ancestral"], help="sampler (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=float, help="DDIM eta (default 0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="random seed; caption i uses seed + i")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: cuda if available)")
@@ -44,24 +52,12 @@ def _cuda() -> bool:
 
 
 def load_model(ckpt_path: str, device: str = "cpu", ema: bool = True):
-    """Rebuild the LightningModule saved in ``ckpt_path`` (config from its hparams) with EMA or raw weights."""
-    import torch
+    """Rebuild the LightningModule saved in ``ckpt_path`` (config from its hparams) with EMA or raw weights.
 
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters", {})
-    class_path = hp.get("_class_path")
-    if class_path is None:
-        raise ValueError(f"{ckpt_path} has no saved model config (was it written by tools/fit.py / latentvid fit?)")
-    module, name = class_path.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module), name)
-    model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    # EMAWeightAveraging stores the averaged weights as "state_dict" and the raw ones beside them
-    if not ema and "current_model_state" in ckpt:
-        model.load_state_dict(ckpt["current_model_state"])
-    return model.to(device).eval(), ckpt
+    See :func:`latentvid.pipelines.loading.load_model` (imported lazily so ``--help`` stays fast)."""
+    from latentvid.pipelines.loading import load_model as _load
+
+    return _load(ckpt_path, device, ema)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -78,6 +74,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         captions += [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
     if not captions:
         sys.exit("sample.py: give at least one --prompt or a --prompts file")
+    if args.cascade:
+        return run_cascade(args, captions)
+    args.fps = 8.0 if args.fps is None else args.fps
+    args.eta = 0.0 if args.eta is None else args.eta
     try:
         model, ckpt = load_model(args.ckpt, args.device, ema=not args.no_ema)
     except (FileNotFoundError, ValueError) as exc:
@@ -100,6 +100,35 @@ def main(argv: list[str] | None = None) -> list[Path]:
         write_video(path, to_uint8(video[0].float().cpu()), fps=args.fps)
         print(f"{path}\t{caption}")
         paths.append(path)
+    return paths
+
+
+def run_cascade(args: argparse.Namespace, captions: list[str]) -> list[Path]:
+    """``--cascade``: load the YAML's checkpoints, check that the stages chain, sample, write mp4s."""
+    import logging
+
+    from latentvid.pipelines.cascade import CascadePipeline, load_config
+
+    logging.basicConfig(level=logging.WARNING, format="sample.py: %(message)s")
+    try:
+        config = load_config(args.cascade)
+        base = config.base
+        for key in ("steps", "sampler", "guidance", "eta", "frames", "height", "width", "fps"):
+            if getattr(args, key) is not None:  # command-line values override the YAML's base stage
+                setattr(base, key, getattr(args, key))
+        if args.no_ema:
+            base.ema = False
+            for stage in config.stages:
+                stage.ema = False
+        pipe = CascadePipeline.from_config(config, args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"sample.py: {exc}")
+    plan = pipe.plan()
+    print("cascade: " + " -> ".join(f"{p.name} {p.output_shape[0]}x{p.output_shape[1]}x{p.output_shape[2]} "
+                                    f"@ {p.fps:g} fps" for p in plan), file=sys.stderr)
+    paths = pipe.generate(captions, args.out, seed=args.seed)
+    for path, caption in zip(paths, captions):
+        print(f"{path}\t{caption}")
     return paths
 
 
