@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -321,5 +322,69 @@ class ShardWriter:
             self.abort()
 
 
+def _shard_key(key: str, taken: set[str]) -> str:
+    """A webdataset-safe key (no dots: the key ends at the first dot of a member name), unique."""
+    safe = re.sub(r"[^A-Za-z0-9_\-]", "_", key) or "sample"
+    candidate, n = safe, 1
+    while candidate in taken:
+        candidate, n = f"{safe}_{n}", n + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _check_media(path: str, kind: str) -> None:
+    """Raise if ``path`` cannot be decoded (first frame of a video, or the whole image)."""
+    if kind == "video":
+        from latentvid.data.readers import read_video_frames
+
+        read_video_frames(path, [0])
+    else:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.convert("RGB")
+
+
+def folder_to_shards(folder: Any, pattern: str, samples_per_shard: int = 1000, check: bool = True,
+                     progress: bool = True) -> dict[str, Any]:
+    """Write the rows of a :class:`~latentvid.data.folder.VideoFolder` / ``ImageFolder`` as shards.
+
+    Each sample is ``key.<ext>`` (the file's bytes, its own extension) + ``key.txt`` (caption) +
+    ``key.json`` (``caption``, ``key``, ``path`` relative to the folder, and ``fps`` / ``start`` /
+    ``end`` when the index has them). Rows that are bad, whose file is missing or (with
+    ``check``) does not decode are left out and reported.
+
+    Returns ``{"paths": [...], "num_samples": n, "skipped": [(name, reason), ...]}``.
+    """
+    from tqdm import tqdm
+
+    kind = folder.kind
+    taken: set[str] = set()
+    skipped: list[tuple[str, str]] = []
+    with ShardWriter(pattern, samples_per_shard) as writer:
+        for row in tqdm(folder.rows, desc=f"shards <- {folder.describe()}", unit=kind, disable=not progress):
+            name = row.path or f"{folder.describe()}:{row.line}"
+            if row.error is not None:
+                skipped.append((f"{folder.describe()}:{row.line}", row.error))
+                continue
+            if not os.path.isfile(row.path):
+                skipped.append((name, "file not found"))
+                continue
+            if check:
+                try:
+                    _check_media(row.path, kind)
+                except Exception as err:  # any reason it does not decode
+                    skipped.append((name, f"does not decode ({type(err).__name__}: {str(err)[:120]})"))
+                    continue
+            ext = Path(row.path).suffix.lower().lstrip(".") or ("mp4" if kind == "video" else "jpg")
+            meta = {"caption": row.caption, "key": row.key,
+                    "path": os.path.relpath(row.path, folder.root)}
+            meta.update({k: v for k, v in (("fps", row.fps), ("start", row.start), ("end", row.end)) if v is not None})
+            with open(row.path, "rb") as f:
+                writer.write({"__key__": _shard_key(row.key, taken), ext: f.read(), "txt": row.caption,
+                              "json": meta})
+    return {"paths": writer.paths, "num_samples": writer.count, "skipped": skipped}
+
+
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "ImageShards", "ShardWriter", "VideoShards",
-           "expand_shards", "iter_shard", "open_shard"]
+           "expand_shards", "folder_to_shards", "iter_shard", "open_shard"]

@@ -85,6 +85,8 @@ class VideoTextDataModule(LightningDataModule):
         val_latents: a pre-encoded latent folder for validation.
         rank, world_size: this process's place in the job (default: from the trainer, else
             ``torch.distributed``); set them to simulate ranks in tests.
+        root: a folder with ``eval_prompts.txt`` for the sample-video callback (default: the
+            video folder, if the video source is a folder).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class VideoTextDataModule(LightningDataModule):
         val_latents: str | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        root: str | None = None,
     ) -> None:
         init_args = dict(locals())
         super().__init__()
@@ -139,14 +142,15 @@ class VideoTextDataModule(LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.latents, self.val_latents = latents, val_latents
         self.rank, self.world_size = rank, world_size
+        self._root = root
         self.progress = StreamProgress()
         self._latent_dm: Any = None
         self._probed = False
 
     @property
     def root(self) -> str | None:
-        """The video folder (where ``LogSampleVideos`` looks for ``eval_prompts.txt``), if any."""
-        return getattr(self.video, "root", None) or getattr(self.val, "root", None)
+        """Where ``LogSampleVideos`` looks for ``eval_prompts.txt``: ``root``, else the video folder."""
+        return self._root or getattr(self.video, "root", None) or getattr(self.val, "root", None)
 
     # ---- setup -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
