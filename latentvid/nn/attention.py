@@ -14,6 +14,16 @@ kernels for this device) is marked broken for that setting and the call falls th
 
 Query rows whose mask allows no key at all (a masked frame in temporal attention) return zeros,
 and neither their forward values nor their gradients can be NaN.
+
+Inside ``torch.compile`` there is no probing and no fallback: ``"auto"`` (and ``"xformers"``)
+mean SDPA, the kernel the compiler knows.
+
+Layouts. The attention modules project q, k and v with one fused matrix whose output rows are
+grouped per head (``(heads, {q, k, v}, head_dim)``), so a single view splits heads and the
+(N, heads, L, d) operands SDPA takes are strided views of the projection, never copies.
+``TemporalAttention`` folds the H*W positions into SDPA's head dimension instead of its batch, so
+channels-last video (memory order (B, T, H*W, C)) needs no transpose at all, and its frame mask
+stays a compact (B, 1, T, T).
 """
 
 from __future__ import annotations
@@ -194,6 +204,10 @@ def attention(
         # An all-False row would be softmax(-inf, ...) = NaN, in the forward pass and in every
         # gradient it touches. Let such rows attend everywhere instead and zero their output below.
         mask = mask | ~row_valid
+    if torch.compiler.is_compiling():
+        # no probing or try/except inside a traced graph
+        out = _IMPLS["math" if backend == "math" else "sdpa"](q, k, v, mask, bias)
+        return out if row_valid is None else out.masked_fill(~row_valid, 0.0)
     key: _SettingKey = (q.device.type, q.dtype, mask is not None, bias is not None)
     first = select_backend(q.device, q.dtype, key[2], key[3]) if backend == "auto" else backend
     candidates = [n for n in BACKENDS[BACKENDS.index(first) :] if (key, n) not in _broken]
@@ -224,13 +238,41 @@ def num_heads(channels: int, head_dim: int) -> int:
     return channels // head_dim
 
 
+def fuse_projections(weights: list[Tensor], heads: int) -> Tensor:
+    """Stack per-role projection weights [(dim, in), ...] (e.g. q, k, v) into one fused weight.
+
+    Rows of the result are ordered (head, role, head_dim), so one view of the fused output
+    ``(..., heads, roles, head_dim)`` splits heads and roles. Inverse of :func:`split_projections`.
+    """
+    stacked = torch.stack(weights)  # (roles, dim, in)
+    roles, dim, fan_in = stacked.shape
+    per_head = stacked.view(roles, heads, dim // heads, fan_in).transpose(0, 1)  # (heads, roles, d, in)
+    return per_head.reshape(roles * dim, fan_in)
+
+
+def split_projections(fused: Tensor, heads: int, roles: int) -> list[Tensor]:
+    """Fused weight (roles*dim, in) in (head, role, head_dim) row order -> [(dim, in)] per role."""
+    rows, fan_in = fused.shape
+    per_role = fused.view(heads, roles, rows // (heads * roles), fan_in).transpose(0, 1)  # (roles, heads, d, in)
+    return list(per_role.reshape(roles, rows // roles, fan_in).unbind(0))
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with q / k / v / output projections (no norm, no residual).
+    """Multi-head attention with fused q / k / v projections and an output projection
+    (no norm, no residual).
+
+    Self-attention has one ``to_qkv`` projection (dim -> 3*dim), cross-attention ``to_q``
+    (dim -> dim) and ``to_kv`` (context_dim -> 2*dim); fused rows are ordered (head, role,
+    head_dim) (:func:`fuse_projections`), so heads split by a single view. State dicts with the
+    separate ``to_q`` / ``to_k`` / ``to_v`` weights of earlier versions (and of diffusers'
+    ``Attention``) load unchanged: they are fused on load. :meth:`projection_weights` gives the
+    separate matrices back.
 
     Args:
         dim: query (and output) channels.
         context_dim: key/value source channels; None = self-attention (``dim``).
-        head_dim: channels per head; heads = dim // head_dim.
+        head_dim: channels per head; heads = dim // head_dim. Multiples of 8 suit tensor cores
+            (64 or 128 best for flash attention).
         backend: attention backend (``"auto"`` or one of ``BACKENDS``).
         zero_init_output: start the output projection at zero, so the block begins as a no-op.
     """
@@ -246,29 +288,80 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         check_backend(backend)
         self.heads = num_heads(dim, head_dim)
+        self.head_dim = head_dim
         self.backend = backend
+        self.is_cross = context_dim is not None
+        # build the three matrices as nn.Linear would, then fuse them
         kv_dim = dim if context_dim is None else context_dim
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(kv_dim, dim, bias=False)
-        self.to_v = nn.Linear(kv_dim, dim, bias=False)
+        q, k, v = (nn.Linear(fan_in, dim, bias=False).weight for fan_in in (dim, kv_dim, kv_dim))
+        with torch.no_grad():
+            if self.is_cross:
+                self.to_q = nn.Linear(dim, dim, bias=False)
+                self.to_q.weight.copy_(q)
+                self.to_kv = nn.Linear(kv_dim, 2 * dim, bias=False)
+                self.to_kv.weight.copy_(fuse_projections([k, v], self.heads))
+            else:
+                self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
+                self.to_qkv.weight.copy_(fuse_projections([q, k, v], self.heads))
         self.to_out = nn.Linear(dim, dim)
         if zero_init_output:
             nn.init.zeros_(self.to_out.weight)
             nn.init.zeros_(self.to_out.bias)
+        self.register_load_state_dict_pre_hook(self._fuse_legacy_weights)
+
+    def _fuse_legacy_weights(self, module, state_dict, prefix, *args) -> None:
+        """Load hook: fuse separate ``to_q`` / ``to_k`` / ``to_v`` weights (older checkpoints)."""
+        names = ("to_k", "to_v") if self.is_cross else ("to_q", "to_k", "to_v")
+        keys = [f"{prefix}{n}.weight" for n in names]
+        if all(key in state_dict for key in keys):
+            fused = fuse_projections([state_dict.pop(key) for key in keys], self.heads)
+            state_dict[f"{prefix}{'to_kv' if self.is_cross else 'to_qkv'}.weight"] = fused
+
+    def projection_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The separate (dim, in) q, k, v projection matrices (views of the fused weights)."""
+        if self.is_cross:
+            return (self.to_q.weight, *split_projections(self.to_kv.weight, self.heads, 2))
+        return tuple(split_projections(self.to_qkv.weight, self.heads, 3))
+
+    def _heads(self, projected: Tensor, roles: int) -> list[Tensor]:
+        """(N, L, heads*roles*d) -> ``roles`` views (N, heads, L, d)."""
+        split = projected.unflatten(-1, (self.heads, roles, self.head_dim))  # (N, L, h, roles, d)
+        return [split[..., i, :].transpose(1, 2) for i in range(roles)]
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None, bias: Tensor | None = None
     ) -> Tensor:
         """x (N, Lq, dim), context (N, Lk, context_dim) or None (self-attention),
         mask bool / bias float broadcastable to (N, heads, Lq, Lk) -> (N, Lq, dim)."""
-        source = x if context is None else context
         n, lq, dim = x.shape
-        lk = source.shape[1]
-        q = self.to_q(x).view(n, lq, self.heads, -1).transpose(1, 2)  # (N, h, Lq, d)
-        k = self.to_k(source).view(n, lk, self.heads, -1).transpose(1, 2)  # (N, h, Lk, d)
-        v = self.to_v(source).view(n, lk, self.heads, -1).transpose(1, 2)  # (N, h, Lk, d)
+        source = x if context is None else context
+        if self.is_cross:
+            (q,) = self._heads(self.to_q(x), 1)  # (N, h, Lq, d)
+            k, v = self._heads(self.to_kv(source), 2)  # (N, h, Lk, d) each
+        elif context is None:
+            q, k, v = self._heads(self.to_qkv(x), 3)  # (N, h, L, d) each
+        else:  # a self-attention module given a context: q from x, k and v from the context
+            weight = self.to_qkv.weight.view(self.heads, 3, self.head_dim, dim)
+            (q,) = self._heads(F.linear(x, weight[:, :1].reshape(dim, dim)), 1)
+            k, v = self._heads(F.linear(context, weight[:, 1:].reshape(2 * dim, dim)), 2)
         out = attention(q, k, v, mask=mask, bias=bias, backend=self.backend)  # (N, h, Lq, d)
         return self.to_out(out.transpose(1, 2).reshape(n, lq, dim))
+
+    def forward_grouped(self, x: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """Self-attention over dim 1 of x (N, L, S, dim), separately for each of the S groups.
+
+        The S groups are folded into SDPA's head dimension (S*heads "heads" of length L), which
+        needs no copy when x is contiguous: the fused (head, role, d) row order makes the
+        (N, S*heads, L, d) operands views. ``mask`` / ``bias`` broadcast to (N, S*heads, L, L),
+        with the combined head index ``s * heads + h``. Returns (N, L, S, dim).
+        """
+        if self.is_cross:
+            raise ValueError("forward_grouped is self-attention; this module was built for cross-attention")
+        n, length, groups, dim = x.shape
+        split = self.to_qkv(x).unflatten(-1, (self.heads, 3, self.head_dim))  # (N, L, S, h, 3, d)
+        q, k, v = (split[..., i, :].flatten(2, 3).transpose(1, 2) for i in range(3))  # (N, S*h, L, d) views
+        out = attention(q, k, v, mask=mask, bias=bias, backend=self.backend)  # (N, S*h, L, d)
+        return self.to_out(out.transpose(1, 2).reshape(n, length, groups, dim))
 
 
 def frames_to_tokens(x: Tensor) -> Tensor:
@@ -382,10 +475,12 @@ class TemporalAttention(nn.Module):
     def forward(self, x: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         """x (B, C, T, H, W), frame_mask (B, T) bool (True = valid) or None -> (B, C, T, H, W)."""
         b, c, t, h, w = x.shape
-        tokens = x.permute(0, 3, 4, 2, 1).reshape(b * h * w, t, c)  # (B*H*W, T, C)
+        tokens = x.permute(0, 2, 3, 4, 1).reshape(b, t, h * w, c)  # (B, T, H*W, C): a view if channels-last
+        heads = self.attn.heads
+        # the H*W positions ride in SDPA's head dimension (index s * heads + head): see forward_grouped
+        bias = self.rel_bias(t)[None, None].expand(1, h * w, heads, t, t).reshape(1, h * w * heads, t, t)
         mask = None
         if frame_mask is not None:
-            pairs = frame_mask[:, :, None] & frame_mask[:, None, :]  # (B, T, T): query and key valid
-            mask = pairs[:, None, None].expand(b, h * w, 1, t, t).reshape(b * h * w, 1, t, t)
-        out = self.attn(self.norm(tokens), mask=mask, bias=self.rel_bias(t)[None])  # (B*H*W, T, C)
-        return x + out.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)
+            mask = (frame_mask[:, :, None] & frame_mask[:, None, :])[:, None]  # (B, 1, T, T): query and key valid
+        out = self.attn.forward_grouped(self.norm(tokens), mask=mask, bias=bias)  # (B, T, H*W, C)
+        return x + out.view(b, t, h, w, c).permute(0, 4, 1, 2, 3)

@@ -4,6 +4,14 @@ Everything here keeps video features as ``(B, C, T, H, W)``. Spatial operators a
 alone; the only operators that mix frames are the temporal convolution of ``PseudoConv3d`` (and the
 temporal attention in ``attention.py``), and both honour a frame mask ``(B, T)`` bool (True = valid):
 valid frames' outputs never depend on masked frames' content.
+
+Memory layout. Every layer accepts any strides and returns the same values; it is fastest on
+*channels-last* video, ``x.contiguous(memory_format=torch.channels_last_3d)``, i.e. memory order
+(B, T, H, W, C), which ``UNet3D`` uses throughout. In that order one frame is a channels-last image
+(``(B*T, C, H, W)`` is a view), the clip is a channels-last ``(B, C, T, H*W)`` image for the
+temporal convolution, and tokens ``(B, T, H*W, C)`` for attention and feed-forward layers are
+views too: no layer copies its input to change layout, and convolutions run as 2D convolutions,
+the best-optimised kernels on every backend (NHWC tensor-core kernels on CUDA).
 """
 
 from __future__ import annotations
@@ -13,6 +21,84 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """True when the 5D tensor ``x`` (B, C, T, H, W) is laid out in memory as (B, T, H, W, C)."""
+    return x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def frames_view(x: Tensor) -> Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W), one image per frame: a view for channels-last input."""
+    b, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def unframe(frames: Tensor, batch: int) -> Tensor:
+    """(B*T, C, H, W) -> (B, C, T, H, W), inverse of :func:`frames_view` (always a view)."""
+    return frames.view(batch, -1, *frames.shape[1:]).transpose(1, 2)
+
+
+def conv_per_frame(conv: nn.Conv3d, x: Tensor) -> Tensor:
+    """Apply a Conv3d whose kernel is 1 frame deep, x (B, C, T, H, W) -> (B, C', T, H', W').
+
+    Channels-last input runs as one 2D convolution over the (B*T) frames, on a view; other
+    layouts call the Conv3d itself. Both compute the same function.
+    """
+    if conv.kernel_size[0] != 1 or conv.padding[0] != 0 or conv.stride[0] != 1:
+        raise ValueError(f"conv_per_frame needs a (1, k, k) Conv3d without temporal padding, got {conv}")
+    if not is_channels_last(x):
+        return conv(x)
+    weight = conv.weight.squeeze(2)  # (C', C, k, k)
+    out = F.conv2d(frames_view(x), weight, conv.bias, conv.stride[1:], conv.padding[1:], conv.dilation[1:], conv.groups)
+    return unframe(out, x.shape[0])
+
+
+def conv_over_time(conv: nn.Conv3d, x: Tensor) -> Tensor:
+    """Apply a (k, 1, 1) Conv3d along T at every pixel, x (B, C, T, H, W) -> (B, C', T, H, W).
+
+    Channels-last input runs as a (k, 1) 2D convolution of the channels-last image
+    (B, C, T, H*W), a view; other layouts call the Conv3d itself.
+    """
+    if conv.kernel_size[1:] != (1, 1) or conv.stride != (1, 1, 1) or conv.padding[1:] != (0, 0):
+        raise ValueError(f"conv_over_time needs a (k, 1, 1) Conv3d with stride 1, got {conv}")
+    if not is_channels_last(x):
+        return conv(x)
+    b, c, t, h, w = x.shape
+    seq = x.reshape(b, c, t, h * w)  # (B, C, T, H*W), channels-last view
+    out = F.conv2d(seq, conv.weight.squeeze(-1), conv.bias, 1, (conv.padding[0], 0), (conv.dilation[0], 1), conv.groups)
+    return out.view(b, -1, t, h, w)
+
+
+def group_norm_channels_last(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5
+) -> Tensor:
+    """GroupNorm of images x (N, C, H, W) computed without changing their layout.
+
+    The same function as ``F.group_norm``; used for channels-last input on CUDA, whose native
+    kernel copies such input to (N, C, H, W) order and returns that order. Statistics accumulate
+    in float32 (float16 / bfloat16 input is not upcast as a copy: the reductions accumulate in
+    float32), and the output keeps x's dtype and layout: one pass for the statistics, one for
+    ``x * scale + shift``.
+    """
+    n, c, h, w = x.shape
+    cg = c // num_groups
+    tokens = x.permute(0, 2, 3, 1).reshape(n, h * w, num_groups, cg)  # (N, HW, G, C/G): a view if channels-last
+    if x.dtype in (torch.float32, torch.float64):
+        var, mean = torch.var_mean(tokens, dim=(1, 3), correction=0)  # (N, G)
+    else:
+        count = h * w * cg
+        mean = tokens.sum(dim=(1, 3), dtype=torch.float32) / count
+        mean_sq = torch.linalg.vector_norm(tokens, 2, dim=(1, 3), dtype=torch.float32).square() / count
+        var = (mean_sq - mean.square()).clamp_min(0.0)
+    scale = torch.rsqrt(var + eps)[:, None, :, None]  # (N, 1, G, 1)
+    if weight is not None:
+        scale = scale * weight.view(1, 1, num_groups, cg)  # (N, 1, G, C/G)
+    shift = -mean[:, None, :, None] * scale
+    if bias is not None:
+        shift = shift + bias.view(1, 1, num_groups, cg)
+    out = torch.addcmul(shift.to(x.dtype), tokens, scale.to(x.dtype))  # (N, HW, G, C/G)
+    return out.reshape(n, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W), channels-last
 
 
 def frame_mask_5d(frame_mask: Tensor) -> Tensor:
@@ -25,6 +111,8 @@ class FrameGroupNorm(nn.GroupNorm):
 
     Folding T into the batch keeps one frame's normalisation independent of the others (a masked
     frame cannot shift a valid frame's mean) and makes a T-frame clip behave like T images.
+    Channels-last input is normalised in place of layout (on CUDA through
+    :func:`group_norm_channels_last`, whose output keeps the input dtype also under autocast).
 
     Args:
         num_groups: number of channel groups; must divide ``num_channels``.
@@ -38,11 +126,14 @@ class FrameGroupNorm(nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (B, C, T, H, W) -> (B, C, T, H, W)."""
-        b, c, t, h, w = x.shape
-        frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-        out = super().forward(frames)
-        return out.reshape(b, t, c, h, w).transpose(1, 2)  # (B, C, T, H, W)
+        """x (B, C, T, H, W) -> (B, C, T, H, W), in x's layout when x is channels-last."""
+        frames = frames_view(x)  # (B*T, C, H, W): a view if channels-last, else a copy
+        if x.is_cuda and is_channels_last(x):
+            # CUDA's native kernel would copy to (N, C, H, W) order and answer in that order
+            out = group_norm_channels_last(frames, self.num_groups, self.weight, self.bias, self.eps)
+        else:
+            out = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        return unframe(out, x.shape[0])  # (B, C, T, H, W)
 
 
 class PseudoConv3d(nn.Module):
@@ -73,13 +164,14 @@ class PseudoConv3d(nn.Module):
 
     def forward(self, x: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         """x (B, C_in, T, H, W), frame_mask (B, T) bool or None -> (B, C_out, T, H, W)."""
-        h = self.spatial(x)
+        h = conv_per_frame(self.spatial, x)
         if self.temporal is None:
             return h
         if frame_mask is not None:
-            # masked_fill rather than a product: no NaN or gradient can pass from a masked frame.
-            h = h.masked_fill(~frame_mask_5d(frame_mask), 0.0)
-        return self.temporal(h)
+            # a select rather than a product: no NaN or gradient can pass from a masked frame
+            # (and unlike masked_fill, torch.where keeps the channels-last layout)
+            h = torch.where(frame_mask_5d(frame_mask), h, 0.0)
+        return conv_over_time(self.temporal, h)
 
 
 class ResBlock3D(nn.Module):
@@ -121,9 +213,10 @@ class ResBlock3D(nn.Module):
         """x (B, C_in, T, H, W), emb (B, emb_dim), frame_mask (B, T) bool or None -> (B, C_out, T, H, W)."""
         h = self.conv1(F.silu(self.norm1(x)), frame_mask)
         scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1, 1) each
-        h = self.norm2(h) * (1 + scale) + shift
+        h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # norm2(h) * (1 + scale) + shift, one pass
         h = self.conv2(self.dropout(F.silu(h)), frame_mask)
-        return self.skip(x) + h
+        skip = x if isinstance(self.skip, nn.Identity) else conv_per_frame(self.skip, x)
+        return skip + h
 
 
 def sinusoidal_embedding(values: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -197,7 +290,7 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, T, H, W) -> (B, C, T, H/2, W/2)."""
-        return self.conv(x)
+        return conv_per_frame(self.conv, x)
 
 
 class Upsample(nn.Module):
@@ -213,4 +306,38 @@ class Upsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, T, H, W) -> (B, C, T, 2H, 2W)."""
-        return self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+        if not is_channels_last(x):
+            return self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+        # per frame as images: 2D nearest upsampling keeps channels-last on every backend
+        up = unframe(F.interpolate(frames_view(x), scale_factor=2.0, mode="nearest"), x.shape[0])
+        return conv_per_frame(self.conv, up)
+
+
+class FeedForward(nn.Module):
+    """Token-wise GEGLU feed-forward with a pre-LayerNorm and a residual, as in transformer blocks.
+
+    ``x + W_out(dropout(a * gelu(g)))`` with ``[a | g] = W_in(layernorm(x))`` at every position of
+    every frame (no mixing across positions or frames). Channels-last input makes the tokens a view.
+
+    Args:
+        channels: feature channels C.
+        mult: hidden width as a multiple of C (the input projection is 2 * mult * C wide).
+        dropout: dropout probability on the hidden activations.
+    """
+
+    def __init__(self, channels: int, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        if mult < 1:
+            raise ValueError(f"feed-forward mult must be >= 1, got {mult}")
+        inner = mult * channels
+        self.norm = nn.LayerNorm(channels)
+        self.proj_in = nn.Linear(channels, 2 * inner)
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = nn.Linear(inner, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, T, H, W) -> (B, C, T, H, W)."""
+        tokens = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C): contiguous when x is channels-last
+        value, gate = self.proj_in(self.norm(tokens)).chunk(2, dim=-1)  # (B, T, H, W, mult*C) each
+        out = self.proj_out(self.dropout(value * F.gelu(gate)))  # (B, T, H, W, C)
+        return x + out.permute(0, 4, 1, 2, 3)

@@ -6,6 +6,15 @@ time, zero-initialised temporal attention with a relative position bias). At ini
 temporal layers are identities, so the network is an image U-Net applied to every frame; with a
 frame mask (B, T) the temporal layers see only valid frames, so an image padded to T frames is
 processed exactly like a one-frame video.
+
+Speed. Activations stay channels-last (memory order (B, T, H, W, C), see ``latentvid.nn.layers``),
+so convolutions run as 2D convolutions on views and attention reads its tokens without copies;
+a frame mask with every frame valid is dropped after one check, so clips without padding take
+the mask-free kernels. ``gradient_checkpointing`` trades compute for memory per block or per
+attention layer; ``compile=True`` hands the network body to ``torch.compile`` (fused norms,
+activations and FiLM). Channel counts and head sizes that are multiples of 64 (head_dim 64 or 128)
+suit tensor cores and flash attention; GroupNorm groups of 32 channels or more keep its
+reductions efficient.
 """
 
 from __future__ import annotations
@@ -16,28 +25,62 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from latentvid.nn.attention import CrossAttention, SpatialSelfAttention, TemporalAttention, check_backend
-from latentvid.nn.layers import Downsample, FrameGroupNorm, ResBlock3D, ScalarEmbedding, Upsample
+from latentvid.nn.layers import (
+    Downsample,
+    FeedForward,
+    FrameGroupNorm,
+    ResBlock3D,
+    ScalarEmbedding,
+    Upsample,
+    conv_per_frame,
+)
 
 LOGSNR_RANGE = (-20.0, 20.0)  # logSNR (and logSNR-like extra conditions) are clipped here before embedding
 FPS_RANGE = (0.0, 120.0)  # frames per second
+CHECKPOINTING = ("none", "block", "attention")
+"""Gradient checkpointing granularities: none; every U-Net block (a ResBlock with its attention
+layers, or a down / up sampler); every attention and feed-forward layer alone."""
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_ATTENTION_LAYERS = (SpatialSelfAttention, CrossAttention, TemporalAttention, FeedForward)
+
+
+def checkpointing_mode(value: bool | str) -> str:
+    """Normalise ``gradient_checkpointing``: False -> "none", True -> "block", else one of CHECKPOINTING."""
+    if value is False or value is True:
+        return "block" if value else "none"
+    if value not in CHECKPOINTING:
+        raise ValueError(f"gradient_checkpointing must be a bool or one of {CHECKPOINTING}, got {value!r}")
+    return value
 
 
 class _Stage(nn.Sequential):
     """A run of layers called with the conditioning each one needs (the unit of checkpointing)."""
 
     def forward(
-        self, x: Tensor, emb: Tensor, context: Tensor | None, context_mask: Tensor | None, frame_mask: Tensor | None
+        self,
+        x: Tensor,
+        emb: Tensor,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        frame_mask: Tensor | None,
+        checkpoint_attention: bool = False,
     ) -> Tensor:
-        """x (B, C, T, H, W) -> (B, C', T, H', W'); emb (B, E), context (B, L, D), masks (B, L) / (B, T)."""
+        """x (B, C, T, H, W) -> (B, C', T, H', W'); emb (B, E), context (B, L, D), masks (B, L) / (B, T).
+
+        ``checkpoint_attention`` recomputes each attention / feed-forward layer in backward."""
         for layer in self:
             if isinstance(layer, ResBlock3D):
-                x = layer(x, emb, frame_mask)
+                args: tuple = (x, emb, frame_mask)
             elif isinstance(layer, CrossAttention):
-                x = layer(x, context, context_mask)
+                args = (x, context, context_mask)
             elif isinstance(layer, TemporalAttention):
-                x = layer(x, frame_mask)
-            else:  # spatial attention, down / up sampling
-                x = layer(x)
+                args = (x, frame_mask)
+            else:  # spatial attention, feed-forward, down / up sampling
+                args = (x,)
+            if checkpoint_attention and isinstance(layer, _ATTENTION_LAYERS):
+                x = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x = layer(*args)
         return x
 
 
@@ -63,8 +106,21 @@ class UNet3D(nn.Module):
             augmentation logSNR), embedded like logSNR (clipped to [-20, 20]).
         dropout: dropout inside ResBlocks.
         norm_groups: GroupNorm groups; must divide every level's channel count.
-        gradient_checkpointing: recompute each block in the backward pass (training only).
+        gradient_checkpointing: recompute activations in the backward pass (training only):
+            ``"none"`` / False, ``"block"`` / True (every block; least memory), or
+            ``"attention"`` (only attention and feed-forward layers, whose activations are the
+            largest per FLOP).
         attention_backend: ``"auto"`` or one of ``latentvid.nn.attention.BACKENDS``.
+        ff_mult: hidden-width multiple of a GEGLU feed-forward layer after the cross-attention
+            and after the temporal attention of every attention block (transformer-style);
+            0 (default) adds none.
+        channels_last: run on channels-last activations (memory order (B, T, H, W, C); weights
+            of convolutions stored likewise). False keeps (B, C, T, H, W) order (Conv3d kernels).
+            Same function either way.
+        compile: run the network body through ``torch.compile`` (compiled on the first call,
+            again for new input shapes). Off by default.
+        compile_mode: ``torch.compile`` mode (None = default, ``"reduce-overhead"`` adds CUDA
+            graphs, ``"max-autotune"``).
     """
 
     def __init__(
@@ -84,8 +140,12 @@ class UNet3D(nn.Module):
         num_extra_conditions: int = 0,
         dropout: float = 0.0,
         norm_groups: int = 32,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | str = False,
         attention_backend: str = "auto",
+        ff_mult: int = 0,
+        channels_last: bool = True,
+        compile: bool = False,
+        compile_mode: str | None = None,
     ) -> None:
         super().__init__()
         if not channel_mult or min(channel_mult) < 1:
@@ -95,11 +155,18 @@ class UNet3D(nn.Module):
         check_backend(attention_backend, "attention_backend")
         if num_extra_conditions < 0:
             raise ValueError(f"num_extra_conditions must be >= 0, got {num_extra_conditions}")
+        if ff_mult < 0:
+            raise ValueError(f"ff_mult must be >= 0 (0 = no feed-forward layers), got {ff_mult}")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.context_dim = context_dim
         self.num_extra_conditions = num_extra_conditions
         self.downsample_factor = 2 ** (len(channel_mult) - 1)
-        self.gradient_checkpointing = gradient_checkpointing
+        self.gradient_checkpointing = checkpointing_mode(gradient_checkpointing)
+        self.channels_last = channels_last
+        self.use_compile = compile  # (not `self.compile`: that is nn.Module's method)
+        self.compile_mode = compile_mode
         emb_dim = 4 * model_channels
 
         self.logsnr_embed = ScalarEmbedding(emb_dim, LOGSNR_RANGE, freq_dim=model_channels)
@@ -115,8 +182,12 @@ class UNet3D(nn.Module):
             layers: list[nn.Module] = [SpatialSelfAttention(channels, head_dim, norm_groups, attention_backend)]
             if context_dim is not None:
                 layers.append(CrossAttention(channels, context_dim, head_dim, attention_backend))
+            if ff_mult:
+                layers.append(FeedForward(channels, ff_mult, dropout))
             if temporal_attention:
                 layers.append(TemporalAttention(channels, head_dim, max_temporal_distance, attention_backend))
+                if ff_mult:
+                    layers.append(FeedForward(channels, ff_mult, dropout))
             return layers
 
         self.input_conv = nn.Conv3d(in_channels, model_channels, (1, 3, 3), padding=(0, 1, 1))
@@ -152,12 +223,21 @@ class UNet3D(nn.Module):
         self.out_conv = nn.Conv3d(ch, out_channels, (1, 3, 3), padding=(0, 1, 1))
         nn.init.zeros_(self.out_conv.weight)  # start by predicting zero
         nn.init.zeros_(self.out_conv.bias)
+        if channels_last:  # conv weights in the activations' order: no per-call weight transposes
+            self.to(memory_format=torch.channels_last_3d)
+
+    def __getstate__(self) -> dict:
+        # a compiled function is rebuilt on demand, never copied (deepcopy for EMA, pickling)
+        state = super().__getstate__().copy()
+        state.pop("_compiled_body", None)
+        return state
 
     def _run(self, stage: _Stage, x: Tensor, cond: tuple[Tensor | None, ...]) -> Tensor:
-        """Apply one stage, recomputing it in backward when gradient checkpointing is on."""
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        """Apply one stage, recomputing it (or its attention layers) in backward when checkpointing."""
+        mode = self.gradient_checkpointing if self.training and torch.is_grad_enabled() else "none"
+        if mode == "block":
             return checkpoint(stage, x, *cond, use_reentrant=False)
-        return stage(x, *cond)
+        return stage(x, *cond, checkpoint_attention=mode == "attention")
 
     def _check_inputs(
         self,
@@ -229,6 +309,26 @@ class UNet3D(nn.Module):
             (B, C_out, T, H, W).
         """
         self._check_inputs(x, logsnr, context, context_mask, fps, frame_mask, extra)
+        if frame_mask is not None and not torch.compiler.is_compiling() and bool(frame_mask.all()):
+            frame_mask = None  # nothing to mask (one host sync): take the mask-free kernels
+        body = self._body
+        if self.use_compile and not torch.compiler.is_compiling():
+            if self.__dict__.get("_compiled_body") is None:
+                self.__dict__["_compiled_body"] = torch.compile(self._body, mode=self.compile_mode)
+            body = self.__dict__["_compiled_body"]
+        return body(x, logsnr, context, context_mask, fps, frame_mask, extra)
+
+    def _body(
+        self,
+        x: Tensor,
+        logsnr: Tensor,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        fps: Tensor | None,
+        frame_mask: Tensor | None,
+        extra: Tensor | None,
+    ) -> Tensor:
+        """The network after input checks (what ``compile`` compiles); arguments as in ``forward``."""
         emb = self.logsnr_embed(logsnr)  # (B, E)
         if fps is not None:
             emb = emb + self.fps_embed(fps)
@@ -236,7 +336,9 @@ class UNet3D(nn.Module):
             emb = emb + self.extra_embed(extra)
         cond = (emb, context, context_mask, frame_mask)
 
-        h = self.input_conv(x)  # (B, model_channels, T, H, W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)  # (B, C, T, H, W), memory (B, T, H, W, C)
+        h = conv_per_frame(self.input_conv, x)  # (B, model_channels, T, H, W)
         skips = [h]
         for stage in self.down:
             h = self._run(stage, h, cond)
@@ -244,4 +346,5 @@ class UNet3D(nn.Module):
         h = self._run(self.middle, h, cond)
         for stage in self.up:
             h = self._run(stage, torch.cat([h, skips.pop()], dim=1), cond)
-        return self.out_conv(F.silu(self.out_norm(h)))
+        out = conv_per_frame(self.out_conv, F.silu(self.out_norm(h)))  # (B, C_out, T, H, W)
+        return out.contiguous()  # callers get the usual layout (C_out is small)

@@ -256,14 +256,14 @@ def test_relative_position_bias_is_clipped_toeplitz():
 def mha_like(module_attn, embed_dim: int, kdim: int) -> nn.MultiheadAttention:
     """torch's nn.MultiheadAttention with the weights of our MultiHeadAttention."""
     ref = nn.MultiheadAttention(embed_dim, module_attn.heads, kdim=kdim, vdim=kdim, batch_first=True)
+    wq, wk, wv = module_attn.projection_weights()
     with torch.no_grad():
         if ref._qkv_same_embed_dim:
-            qkv = [module_attn.to_q.weight, module_attn.to_k.weight, module_attn.to_v.weight]
-            ref.in_proj_weight.copy_(torch.cat(qkv))
+            ref.in_proj_weight.copy_(torch.cat([wq, wk, wv]))
         else:
-            ref.q_proj_weight.copy_(module_attn.to_q.weight)
-            ref.k_proj_weight.copy_(module_attn.to_k.weight)
-            ref.v_proj_weight.copy_(module_attn.to_v.weight)
+            ref.q_proj_weight.copy_(wq)
+            ref.k_proj_weight.copy_(wk)
+            ref.v_proj_weight.copy_(wv)
         ref.in_proj_bias.zero_()
         ref.out_proj.weight.copy_(module_attn.to_out.weight)
         ref.out_proj.bias.copy_(module_attn.to_out.bias)
@@ -356,3 +356,137 @@ def test_temporal_attention_frame_mask():
     assert (x.grad[~valid] == 0).all() and (x.grad[valid] != 0).any()
     # a lone valid frame sees only itself: same as running it as a one-frame clip
     torch.testing.assert_close(out[1:2, :, :1], block(x[1:2, :, :1]), atol=1e-6, rtol=1e-6)
+
+
+# ---- fused projections, legacy weights, layouts without copies ------------------------------------
+
+
+def separate_weights(dim: int, kv_dim: int, seed: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "to_q.weight": torch.randn(dim, dim, generator=g) / dim**0.5,
+        "to_k.weight": torch.randn(dim, kv_dim, generator=g) / kv_dim**0.5,
+        "to_v.weight": torch.randn(dim, kv_dim, generator=g) / kv_dim**0.5,
+        "to_out.weight": torch.randn(dim, dim, generator=g) / dim**0.5,
+        "to_out.bias": torch.randn(dim, generator=g),
+    }
+
+
+def mha_from_separate(weights: dict[str, torch.Tensor], heads: int) -> nn.MultiheadAttention:
+    dim, kv_dim = weights["to_k.weight"].shape
+    ref = nn.MultiheadAttention(dim, heads, kdim=kv_dim, vdim=kv_dim, batch_first=True)
+    with torch.no_grad():
+        if ref._qkv_same_embed_dim:
+            ref.in_proj_weight.copy_(torch.cat([weights[f"to_{r}.weight"] for r in "qkv"]))
+        else:
+            for r in "qkv":
+                getattr(ref, f"{r}_proj_weight").copy_(weights[f"to_{r}.weight"])
+        ref.in_proj_bias.zero_()
+        ref.out_proj.weight.copy_(weights["to_out.weight"])
+        ref.out_proj.bias.copy_(weights["to_out.bias"])
+    return ref
+
+
+@pytest.mark.parametrize("kv_dim", [None, 12])
+def test_separate_qkv_weights_of_older_checkpoints_load_into_the_fused_projection(kv_dim):
+    dim, heads = 16, 4
+    weights = separate_weights(dim, kv_dim or dim)
+    module = attn_mod.MultiHeadAttention(dim, context_dim=kv_dim, head_dim=dim // heads)
+    module.load_state_dict(weights)  # strict: every old key is consumed, no fused key is missing
+    assert ("to_kv.weight" if kv_dim else "to_qkv.weight") in module.state_dict()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, dim, generator=g)
+    context = torch.randn(2, 7, kv_dim, generator=g) if kv_dim else None
+    source = x if context is None else context
+    expected = mha_from_separate(weights, heads)(x, source, source, need_weights=False)[0]
+    torch.testing.assert_close(module(x, context), expected, atol=1e-5, rtol=1e-5)
+    for name, w in zip("qkv", module.projection_weights()):
+        torch.testing.assert_close(w, weights[f"to_{name}.weight"])  # the split view gives them back
+
+
+def test_fuse_and_split_projections_are_inverse_and_group_rows_by_head():
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(12, 5, generator=g) for _ in range(3)]
+    fused = attn_mod.fuse_projections(weights, heads=3)
+    assert fused.shape == (36, 5)
+    torch.testing.assert_close(fused[4:8], weights[1][0:4])  # head 0: rows q0, k0, v0 (4 rows each)
+    torch.testing.assert_close(fused[12:16], weights[0][4:8])  # head 1 starts with its q rows
+    for a, b in zip(attn_mod.split_projections(fused, heads=3, roles=3), weights):
+        assert torch.equal(a, b)
+
+
+def test_self_attention_module_given_a_context_attends_to_it():
+    dim, heads = 16, 2
+    weights = separate_weights(dim, dim)
+    module = attn_mod.MultiHeadAttention(dim, head_dim=dim // heads)
+    module.load_state_dict(weights)
+    g = torch.Generator().manual_seed(1)
+    x, context = torch.randn(2, 5, dim, generator=g), torch.randn(2, 3, dim, generator=g)
+    expected = mha_from_separate(weights, heads)(x, context, context, need_weights=False)[0]
+    torch.testing.assert_close(module(x, context), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_temporal_attention_loads_old_keys_under_a_prefix():
+    torch.manual_seed(0)
+    block = TemporalAttention(16, head_dim=8, max_distance=2)
+    randomise_temporal(block)
+    wq, wk, wv = (w.detach().clone() for w in block.attn.projection_weights())
+    legacy = {k: v.clone() for k, v in block.state_dict().items() if "to_qkv" not in k}
+    legacy.update({"attn.to_q.weight": wq, "attn.to_k.weight": wk, "attn.to_v.weight": wv})
+    fresh = TemporalAttention(16, head_dim=8, max_distance=2)
+    fresh.load_state_dict(legacy)
+    x = torch.randn(2, 16, 5, 2, 3)
+    torch.testing.assert_close(fresh(x), block(x))
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_temporal_attention_channels_last_equals_standard_layout_with_gradients(with_mask):
+    torch.manual_seed(0)
+    block = TemporalAttention(16, head_dim=8, max_distance=2)
+    randomise_temporal(block)
+    frame_mask = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 0, 0, 0]], dtype=torch.bool) if with_mask else None
+    x = torch.randn(2, 16, 5, 3, 2)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        block.zero_grad(set_to_none=True)
+        xi = x.clone(memory_format=layout).requires_grad_()
+        out = block(xi, frame_mask)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append((out.detach(), xi.grad, {n: p.grad.clone() for n, p in block.named_parameters()}))
+    (a, ga, pa), (b, gb, pb) = results
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-5)
+    for name in pa:
+        torch.testing.assert_close(pa[name], pb[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert pa["rel_bias.table"].abs().sum() > 0  # the position bias is trained through the expanded copy
+
+
+def test_temporal_attention_passes_views_and_a_compact_mask(monkeypatch):
+    """Channels-last video: q, k, v are views of the projection, the frame mask is (B, 1, T, T)."""
+    seen = []
+    real = attn_mod.attention
+
+    def recording(q, k, v, mask=None, bias=None, backend="auto"):
+        seen.append((q, mask, bias))
+        return real(q, k, v, mask=mask, bias=bias, backend=backend)
+
+    monkeypatch.setattr(attn_mod, "attention", recording)
+    b, c, t, h, w = 2, 16, 5, 3, 2
+    block = TemporalAttention(c, head_dim=8, max_distance=2)
+    x = torch.randn(b, c, t, h, w).contiguous(memory_format=torch.channels_last_3d)
+    block(x, torch.ones(b, t, dtype=torch.bool))
+    (q, mask, bias), = seen
+    assert q.shape == (b, h * w * block.attn.heads, t, 8)
+    assert q._base is not None  # a view (of the fused projection output), not a copy
+    assert mask.shape == (b, 1, t, t) and bias.shape == (1, h * w * block.attn.heads, t, t)
+
+
+def test_attention_inside_torch_compile_uses_sdpa_without_probing(monkeypatch):
+    calls: list[str] = []
+    for name in ("sdpa", "math"):
+        spy(monkeypatch, name, calls)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    q, k, v, mask, bias = make_inputs()
+    out = attention(q, k, v, mask=mask, bias=bias)
+    assert calls == ["sdpa"] and not attn_mod._auto_choice  # no probe ran
+    np.testing.assert_allclose(out.numpy(), reference_attention(q, k, v, mask, bias), atol=1e-5)

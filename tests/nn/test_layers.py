@@ -1,4 +1,4 @@
-"""Tests of latentvid/nn/layers.py against per-frame 2D references and explicit temporal sums."""
+"""Tests of latentvid/nn/layers.py against per-frame 2D references and explicit temporal sums, and of\nthe channels-last execution paths against the standard (B, C, T, H, W) ones (forward and backward)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,16 @@ from torch import nn
 
 from latentvid.nn.layers import (
     Downsample,
+    FeedForward,
     FrameGroupNorm,
     PseudoConv3d,
     ResBlock3D,
     ScalarEmbedding,
     Upsample,
+    conv_over_time,
+    conv_per_frame,
+    group_norm_channels_last,
+    is_channels_last,
     sinusoidal_embedding,
 )
 
@@ -212,3 +217,131 @@ def test_downsample_and_upsample_are_spatial_per_frame():
     expected = per_frame(lambda f: conv(f.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)), x)
     torch.testing.assert_close(up(x), expected, atol=1e-6, rtol=1e-6)
     assert up(x).shape == (2, 4, 3, 16, 12)
+
+
+# ---- channels-last execution: the same function as the standard layout, forward and backward ----
+
+CL = torch.channels_last_3d
+
+
+def run_with_grads(module: nn.Module, x: torch.Tensor, *args):
+    """Output, input gradient and parameter gradients of sum(out * fixed weights)."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    out = module(x, *args)
+    weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    (out * weights).sum().backward()
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def assert_same_results(a, b, tol=1e-5):
+    """Outputs and gradients equal up to float32 rounding (relative to each tensor's magnitude)."""
+    pairs = [("output", a[0], b[0]), ("input grad", a[1], b[1])]
+    assert a[2].keys() == b[2].keys() and a[2]
+    pairs += [(name, a[2][name], b[2][name]) for name in a[2]]
+    for name, x, y in pairs:
+        scale = max(1.0, x.abs().max().item())
+        err = (x - y).abs().max().item()
+        assert err <= tol * scale, f"{name}: max difference {err:.3g} at magnitude {scale:.3g}"
+
+
+def layer_cases():
+    mask = torch.tensor([[True, False, True, True], [True, False, False, False]])
+    emb = torch.randn(2, 10, generator=torch.Generator().manual_seed(5))
+    return {
+        "pseudo_conv": (lambda: PseudoConv3d(6, 8), ()),
+        "pseudo_conv_masked": (lambda: PseudoConv3d(6, 8), (mask,)),
+        "resblock": (lambda: ResBlock3D(6, 8, emb_dim=10, norm_groups=2), (emb, mask)),
+        "resblock_same_width": (lambda: ResBlock3D(6, 6, emb_dim=10, norm_groups=3), (emb, None)),
+        "group_norm": (lambda: FrameGroupNorm(3, 6), ()),
+        "downsample": (lambda: Downsample(6), ()),
+        "upsample": (lambda: Upsample(6), ()),
+        "feed_forward": (lambda: FeedForward(6, mult=2), ()),
+    }
+
+
+@pytest.mark.parametrize("case", list(layer_cases()))
+def test_channels_last_input_gives_the_standard_results(case):
+    """The channels-last path (2D convs on views) against the (B, C, T, H, W) path (Conv3d kernels)."""
+    build, args = layer_cases()[case]
+    torch.manual_seed(0)
+    module = build()
+    randomise_temporal(module)
+    with torch.no_grad():  # non-trivial affine parameters everywhere
+        for m in module.modules():
+            if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+                nn.init.normal_(m.weight)
+                nn.init.normal_(m.bias)
+    x = torch.randn(2, 6, 4, 6, 4)
+    standard = run_with_grads(module, x, *args)
+    fast = run_with_grads(module, x.contiguous(memory_format=CL), *args)
+    assert_same_results(standard, fast)
+    assert is_channels_last(fast[0])  # the layout is kept: no copy back to (B, C, T, H, W)
+
+
+def test_conv_helpers_match_conv3d_and_reject_other_kernels():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 6, 5).contiguous(memory_format=CL)
+    strided = nn.Conv3d(4, 5, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+    torch.testing.assert_close(conv_per_frame(strided, x), strided(x.contiguous()), atol=1e-5, rtol=1e-5)
+    temporal = nn.Conv3d(4, 4, (3, 1, 1), padding=(1, 0, 0))
+    torch.testing.assert_close(conv_over_time(temporal, x), temporal(x.contiguous()), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="conv_per_frame"):
+        conv_per_frame(temporal, x)
+    with pytest.raises(ValueError, match="conv_over_time"):
+        conv_over_time(strided, x)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_channels_last_matches_torch(affine):
+    """The layout-keeping GroupNorm (CUDA's channels-last path) against F.group_norm, run here on CPU."""
+    torch.manual_seed(0)
+    x = (torch.randn(6, 8, 5, 4) * 3 + 2).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(8, requires_grad=True) if affine else None
+    bias = torch.randn(8, requires_grad=True) if affine else None
+    out = group_norm_channels_last(x, 4, weight, bias, eps=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    x_ref = x.detach().double().contiguous().requires_grad_()
+    w_ref = None if weight is None else weight.detach().double().requires_grad_()
+    b_ref = None if bias is None else bias.detach().double().requires_grad_()
+    ref = F.group_norm(x_ref, 4, w_ref, b_ref, eps=1e-5)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    out.backward(g.float())
+    ref.backward(g)
+    torch.testing.assert_close(x.grad.double(), x_ref.grad, atol=1e-4, rtol=1e-4)
+    if affine:
+        torch.testing.assert_close(weight.grad.double(), w_ref.grad, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(bias.grad.double(), b_ref.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_group_norm_channels_last_low_precision_accumulates_in_float32():
+    torch.manual_seed(0)
+    x = (torch.randn(4, 16, 8, 8) * 2 + 5).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(16), torch.randn(16)
+    out = group_norm_channels_last(x.bfloat16(), 4, weight.bfloat16(), bias.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    ref = F.group_norm(x.bfloat16().double(), 4, weight.bfloat16().double(), bias.bfloat16().double())
+    err = (out.double() - ref).norm() / ref.norm()
+    assert err < 1e-2  # bf16 output rounding, not a bf16-accumulated mean (which would be off by ~5 %)
+
+
+def test_feed_forward_is_a_per_token_geglu_with_residual():
+    torch.manual_seed(0)
+    ff = FeedForward(6, mult=3)
+    with torch.no_grad():
+        nn.init.normal_(ff.norm.weight)
+        nn.init.normal_(ff.norm.bias)
+    x = torch.randn(2, 6, 3, 4, 5)
+    tokens = x.permute(0, 2, 3, 4, 1).double().numpy()  # (B, T, H, W, C)
+    mean = tokens.mean(-1, keepdims=True)
+    normed = (tokens - mean) / np.sqrt(tokens.var(-1, keepdims=True) + ff.norm.eps)
+    normed = normed * ff.norm.weight.detach().double().numpy() + ff.norm.bias.detach().double().numpy()
+    hidden = normed @ ff.proj_in.weight.detach().double().numpy().T + ff.proj_in.bias.detach().double().numpy()
+    value, gate = hidden[..., :18], hidden[..., 18:]
+    gelu = 0.5 * gate * (1 + np.vectorize(math.erf)(gate / math.sqrt(2)))
+    out = (value * gelu) @ ff.proj_out.weight.detach().double().numpy().T + ff.proj_out.bias.detach().double().numpy()
+    expected = torch.from_numpy(tokens + out).permute(0, 4, 1, 2, 3).float()
+    torch.testing.assert_close(ff(x), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="mult"):
+        FeedForward(6, mult=0)

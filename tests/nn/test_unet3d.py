@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -195,3 +196,203 @@ def test_bad_inputs_raise_clear_errors():
         tiny_unet(head_dim=12)
     with pytest.raises(ValueError, match="attention_backend must be"):
         tiny_unet(attention_backend="flash")
+
+
+# ---- speed options: layouts, checkpointing granularity, frame-mask short cut, compile -------------
+
+
+def train_step(model: UNet3D, x, cond, frame_mask=None, seed: int = 123):
+    """Output, loss and parameter gradients of one training-mode forward and backward."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # same dropout masks
+    out = model(x, frame_mask=frame_mask, **cond)
+    loss = (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum()
+    loss.backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_step(a, b, tol: float = 1e-5) -> None:
+    torch.testing.assert_close(a[0], b[0], atol=tol, rtol=tol)
+    assert a[1].keys() == b[1].keys() and len(a[1]) > 10
+    for name in a[1]:
+        scale = max(1.0, a[1][name].abs().max().item())
+        err = (a[1][name] - b[1][name]).abs().max().item()
+        assert err <= tol * scale, f"{name}: gradient differs by {err:.3g} (magnitude {scale:.3g})"
+
+
+def twin(model_kwargs: dict, reference: UNet3D, **overrides) -> UNet3D:
+    other = tiny_unet(**{**model_kwargs, **overrides})
+    other.load_state_dict(reference.state_dict())
+    return other
+
+
+SPEED_KW = dict(ff_mult=2, dropout=0.1, num_extra_conditions=1)
+EXTRA = torch.tensor([[0.5], [-2.0]])
+
+
+def test_channels_last_network_equals_the_standard_layout_network():
+    torch.manual_seed(0)
+    kwargs = dict(SPEED_KW, dropout=0.0)  # dropout draws its mask in memory order: layouts differ there
+    fast = tiny_unet(**kwargs)
+    randomise_temporal(fast)
+    standard = twin(kwargs, fast, channels_last=False)
+    assert fast.input_conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert standard.input_conv.weight.is_contiguous()
+    x, cond = torch.randn(B, C, T, S, S), dict(conditions(), extra=EXTRA)
+    frame_mask = torch.tensor([[True, True, False, True], [True, False, False, False]])
+    assert_same_step(train_step(standard, x, cond, frame_mask), train_step(fast, x, cond, frame_mask))
+    out = fast.eval()(x, **cond)
+    assert out.is_contiguous()  # callers get the usual layout back
+
+
+def test_feed_forward_layers_follow_ff_mult():
+    from latentvid.nn.layers import FeedForward
+
+    plain, with_ff = tiny_unet(), tiny_unet(ff_mult=3)
+    temporal = sum(isinstance(m, TemporalAttention) for m in with_ff.modules())
+    ffs = [m for m in with_ff.modules() if isinstance(m, FeedForward)]
+    assert not any(isinstance(m, FeedForward) for m in plain.modules())
+    assert len(ffs) == 2 * temporal  # one after the cross-attention, one after the temporal attention
+    extra = sum(p.numel() for p in with_ff.parameters()) - sum(p.numel() for p in plain.parameters())
+    # each: LayerNorm (2C) + Linear C -> 6C (6C^2 + 6C) + Linear 3C -> C (3C^2 + C)
+    assert extra == sum(9 * m.norm.normalized_shape[0] ** 2 + 9 * m.norm.normalized_shape[0] for m in ffs)
+
+
+def test_all_valid_frame_mask_takes_the_mask_free_path(monkeypatch):
+    import latentvid.nn.attention as attn_mod
+
+    torch.manual_seed(0)
+    model = tiny_unet()
+    randomise_temporal(model)
+    masks = []
+    real = attn_mod.attention
+    monkeypatch.setattr(attn_mod, "attention", lambda *a, **k: masks.append(k.get("mask")) or real(*a, **k))
+    x, cond = torch.randn(B, C, T, S, S), conditions()
+    with torch.no_grad():
+        out_all_valid = model(x, frame_mask=torch.ones(B, T, dtype=torch.bool), **cond)
+        temporal_masks = masks[:]
+        masks.clear()
+        out_none = model(x, **cond)
+    torch.testing.assert_close(out_all_valid, out_none, atol=0, rtol=0)
+    self_masks = [m for m in temporal_masks if m is None or m.shape[-1] == T]
+    assert self_masks and all(m is None for m in self_masks)  # no frame mask reached the temporal layers
+
+
+@pytest.mark.parametrize("mode", ["attention", "block"])
+def test_checkpointing_granularities_give_identical_steps(monkeypatch, mode):
+    torch.manual_seed(0)
+    plain = tiny_unet(**SPEED_KW)
+    randomise_temporal(plain)
+    ckpt = twin(SPEED_KW, plain, gradient_checkpointing=mode)
+    calls = []
+    real_checkpoint = unet_mod.checkpoint
+    monkeypatch.setattr(unet_mod, "checkpoint", lambda fn, *a, **k: calls.append(type(fn)) or real_checkpoint(fn, *a, **k))
+    x, cond = torch.randn(B, C, T, S, S), dict(conditions(), extra=EXTRA)
+    frame_mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    assert_same_step(train_step(plain, x, cond, frame_mask), train_step(ckpt, x, cond, frame_mask))
+    if mode == "block":
+        assert set(calls) == {unet_mod._Stage} and len(calls) == len(ckpt.down) + 1 + len(ckpt.up)
+    else:
+        expected = [type(m) for m in ckpt.modules() if isinstance(m, unet_mod._ATTENTION_LAYERS)]
+        assert sorted(c.__name__ for c in calls) == sorted(c.__name__ for c in expected)
+    calls.clear()
+    with torch.no_grad():  # no recomputation where nothing is saved for backward
+        ckpt(x, extra=EXTRA, **conditions())
+    assert not calls
+
+
+def test_old_checkpoint_keys_load_into_the_fused_network():
+    from latentvid.nn.attention import MultiHeadAttention, split_projections
+
+    torch.manual_seed(0)
+    model = tiny_unet()
+    randomise_temporal(model)
+    legacy = {}
+    for key, value in model.state_dict().items():
+        prefix, found, _ = key.rpartition(".to_qkv.")
+        if found:  # write the projection as the three matrices earlier versions stored
+            heads = model.get_submodule(prefix).heads
+            for role, w in zip("qkv", split_projections(value, heads, 3)):
+                legacy[f"{prefix}.to_{role}.weight"] = w.clone()
+        elif ".to_kv." in key:
+            prefix = key.rpartition(".to_kv.")[0]
+            for role, w in zip("kv", split_projections(value, model.get_submodule(prefix).heads, 2)):
+                legacy[f"{prefix}.to_{role}.weight"] = w.clone()
+        else:
+            legacy[key] = value.clone()
+    assert any(".to_k." in k for k in legacy) and not any("qkv" in k or "to_kv" in k for k in legacy)
+    fresh = tiny_unet()
+    assert any(isinstance(m, MultiHeadAttention) for m in fresh.modules())
+    fresh.load_state_dict(legacy)  # strict
+    x, cond = torch.randn(B, C, T, S, S), conditions()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, **cond), model(x, **cond))
+
+
+def test_speed_options_are_validated():
+    with pytest.raises(ValueError, match="gradient_checkpointing must be"):
+        tiny_unet(gradient_checkpointing="layers")
+    with pytest.raises(ValueError, match="compile_mode must be"):
+        tiny_unet(compile_mode="fastest")
+    with pytest.raises(ValueError, match="ff_mult must be"):
+        tiny_unet(ff_mult=-1)
+    assert tiny_unet(gradient_checkpointing=True).gradient_checkpointing == "block"
+    assert tiny_unet(gradient_checkpointing=False).gradient_checkpointing == "none"
+
+
+@pytest.mark.slow
+def test_compiled_network_equals_eager_and_copies_cleanly(monkeypatch):
+    """compile=True traces the whole body in one graph (AOTAutograd, eager kernels: quick on CPU)."""
+    import copy
+
+    real_compile = torch.compile
+    compiled = []
+
+    def aot_eager_compile(fn, **kwargs):
+        compiled.append(kwargs)
+        return real_compile(fn, backend="aot_eager", fullgraph=True)
+
+    monkeypatch.setattr(torch, "compile", aot_eager_compile)
+    torch.manual_seed(0)
+    eager = tiny_unet(**SPEED_KW)
+    randomise_temporal(eager)
+    comp = twin(SPEED_KW, eager, compile=True, compile_mode="default")
+    x, cond = torch.randn(B, C, T, S, S), dict(conditions(), extra=EXTRA)
+    frame_mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    assert_same_step(train_step(eager, x, cond, frame_mask), train_step(comp, x, cond, frame_mask))
+    assert compiled == [{"mode": "default"}]
+    # deepcopy (EMA) gets its own network: it does not share the original's compiled function
+    clone = copy.deepcopy(comp)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(0.1)
+        clone.eval(), comp.eval()
+        assert not torch.allclose(clone(x, **cond), comp(x, **cond))
+
+
+INDUCTOR_ON_CPU = os.environ.get("LATENTVID_TEST_INDUCTOR_CPU") == "1"
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param("cpu", marks=[pytest.mark.slow, pytest.mark.skipif(
+            not INDUCTOR_ON_CPU, reason="inductor's CPU code generation took 280 s for this tiny U-Net on 2 shared "
+            "cores (set LATENTVID_TEST_INDUCTOR_CPU=1 to run it); the aot_eager test above covers tracing")]),
+        pytest.param("cuda", marks=pytest.mark.gpu),
+    ],
+)
+def test_inductor_compiled_network_equals_eager(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    kwargs = dict(SPEED_KW, dropout=0.0)  # inductor draws dropout masks with its own generator
+    with torch.device(device):
+        eager = tiny_unet(**kwargs)
+        randomise_temporal(eager)
+        comp = twin(kwargs, eager, compile=True)
+        x = torch.randn(B, C, T, S, S)
+    cond = {k: v.to(device) for k, v in dict(conditions(), extra=EXTRA).items()}
+    frame_mask = torch.tensor([[True, True, True, False], [True, False, False, False]], device=device)
+    assert_same_step(train_step(eager, x, cond, frame_mask), train_step(comp, x, cond, frame_mask), tol=1e-4)
