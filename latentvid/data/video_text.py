@@ -34,7 +34,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from latentvid.data.clips import ClipSpec
-from latentvid.data.sources import ImageSource, VideoSource
+from latentvid.data.sources import DataError, ImageSource, VideoSource
 from latentvid.data.stream import UNITS_DONE, Batched, MixedStream, SampleStream, StreamProgress, keep_batch
 
 STATE_VERSION = 1
@@ -152,7 +152,35 @@ class VideoTextDataModule(LightningDataModule):
         """Where ``LogSampleVideos`` looks for ``eval_prompts.txt``: ``root``, else the video folder."""
         return self._root or getattr(self.video, "root", None) or getattr(self.val, "root", None)
 
+    @property
+    def num_frames(self) -> int | None:
+        """Frames per clip (None with pre-encoded latents, whose shape their folder records)."""
+        return None if self.latents is not None else self.clip.num_frames
+
+    @property
+    def size(self) -> int | tuple[int, int] | None:
+        """Frame size of the clips (int: square, or (height, width); None with latents)."""
+        return None if self.latents is not None else self.clip.size
+
     # ---- setup -------------------------------------------------------------------------------
+    def check_sources(self) -> list[str]:
+        """One message per source that yields no good sample among its first ``probe`` (empty: all fine).
+
+        Cheap (stops at each source's first good sample); ``setup`` raises on the first problem,
+        a caller that checks a whole run first (e.g. a preflight) can collect them all."""
+        if self.latents is not None or not self.probe:
+            return []
+        problems = []
+        for label, source in (("video", self.video), ("images", self.images if self.image_ratio > 0 else None),
+                              ("val", self.val)):
+            if source is None:
+                continue
+            try:
+                source.probe(self.clip, attempts=self.probe)
+            except DataError as err:
+                problems.append(f"data.{label}: {err}")
+        return problems
+
     def setup(self, stage: str | None = None) -> None:
         """Check that every source yields at least one good sample (``probe``), or set up latents."""
         if self.latents is not None:
@@ -165,10 +193,10 @@ class VideoTextDataModule(LightningDataModule):
                                                    val_root=self.val_latents, seed=self.seed)
             self._latent_dm.setup(stage)
             return
-        if self.probe and not self._probed:
-            for source in (self.video, self.images if self.image_ratio > 0 else None, self.val):
-                if source is not None:
-                    source.probe(self.clip, attempts=self.probe)
+        if not self._probed:
+            problems = self.check_sources()
+            if problems:
+                raise DataError("; ".join(problems))
             self._probed = True
 
     def _partition(self) -> tuple[int | None, int | None]:

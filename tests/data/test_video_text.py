@@ -199,5 +199,6 @@ def test_bad_configurations_are_refused(folder: Path, tmp_path: Path) -> None:
     (tmp_path / "junk.mp4").write_bytes(b"junk")
     (tmp_path / "videos.csv").write_text("path,caption\njunk.mp4,x\nmissing.mp4,y\n")
     dm = VideoTextDataModule(video=VideoFolder(str(tmp_path), "videos.csv"), clip=ClipSpec(num_frames=T, size=S))
-    with pytest.raises(DataError, match=r"nothing readable.*junk\.mp4.*missing\.mp4"):
+    with pytest.raises(DataError, match=r"data\.video: .*nothing readable.*junk\.mp4.*missing\.mp4"):
         dm.setup("fit")
+    assert len(dm.check_sources()) == 1 and (dm.num_frames, dm.size) == (T, S)  # what a preflight reads
