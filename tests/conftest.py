@@ -28,7 +28,8 @@ TINY_UNETS = {
     ),
 }
 TINY_TEXT = {  # SD 1.x: OpenAI CLIP (quick_gelu, pads with EOT); SD 2.x: OpenCLIP-H converted (gelu, pads with "!")
-    "sd1": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, hidden_act="quick_gelu", pad="<|endoftext|>"),
+    "sd1": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, hidden_act="quick_gelu",
+                pad="<|endoftext|>"),
     "sd2": dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=4, hidden_act="gelu", pad="!"),
 }
 PREDICTION = {"sd1": "epsilon", "sd2": "v_prediction"}
@@ -51,7 +52,7 @@ def _byte_alphabet() -> list[str]:
 
 
 def write_clip_tokenizer(folder: Path, pad_token: str, max_length: int = 77) -> int:
-    """A tiny CLIP BPE tokenizer in the diffusers SD layout (vocab.json, merges.txt, configs); returns its vocab size."""
+    """A tiny CLIP BPE tokenizer in the SD folder layout (vocab.json, merges.txt, configs); returns the vocab size."""
     folder.mkdir(parents=True, exist_ok=True)
     alphabet = _byte_alphabet()
     vocab: dict[str, int] = {}

@@ -103,7 +103,8 @@ class HFCLIPTextEncoder(nn.Module):
         self.max_length = int(max_length or self.tokenizer.model_max_length)
         positions = int(self.model.config.max_position_embeddings)
         if not 2 <= self.max_length <= positions:
-            raise ValueError(f"max_length must lie in [2, {positions}] (the encoder's positions), got {self.max_length}")
+            raise ValueError(f"max_length must lie in [2, {positions}] (the encoder's positions), "
+                             f"got {self.max_length}")
         if layer == "penultimate" and self.model.config.num_hidden_layers < 2:
             raise ValueError("layer='penultimate' needs a text encoder with >= 2 layers")
         self.mask_padding = mask_padding
@@ -131,7 +132,8 @@ class HFCLIPTextEncoder(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"path={self.path!r}, layer={self.layer!r}, max_length={self.max_length}, mask_padding={self.mask_padding}"
+        return (f"path={self.path!r}, layer={self.layer!r}, max_length={self.max_length}, "
+                f"mask_padding={self.mask_padding}")
 
     def tokenize(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Captions -> token ids (B, L) long and the real-token mask (B, L) bool (SOT..EOT), on CPU."""

@@ -160,7 +160,8 @@ class DiscreteSchedule:
         return lam
 
 
-_CASTS = {"num_train_timesteps": int, "beta_start": float, "beta_end": float, "beta_schedule": str, "prediction_type": str}
+_CASTS = {"num_train_timesteps": int, "beta_start": float, "beta_end": float, "beta_schedule": str,
+          "prediction_type": str}
 assert set(_CASTS) == {f.name for f in fields(DiscreteSchedule)} - {"pretrained"}
 
 

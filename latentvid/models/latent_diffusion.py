@@ -14,8 +14,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from latentvid.conditioning.hf_clip import HFCLIPTextEncoder
-from latentvid.conditioning.text import OpenCLIPTextEncoder, caption_dropout
+from latentvid.conditioning.text import caption_dropout
 from latentvid.diffusion import (
     TARGETS,
     CosineSchedule,
@@ -33,8 +32,6 @@ from latentvid.diffusion import (
 )
 from latentvid.diffusion.discrete import DiscreteSchedule
 from latentvid.nn.first_stage import FirstStage, IdentityFirstStage
-from latentvid.nn.inflated_unet import InflatedUNet3D
-from latentvid.nn.unet3d import UNet3D
 
 
 def warmup_lambda(warmup_steps: int):
@@ -46,10 +43,15 @@ class LatentDiffusion(LightningModule):
     """Text-to-video diffusion in the latent space of a frozen first stage.
 
     Args:
-        unet: the denoiser network; its output is interpreted as ``target``.
-        text_encoder: frozen text tower mapping captions to (B, L, D) tokens and a (B, L) mask.
+        unet: the denoiser network (:class:`~latentvid.nn.unet3d.UNet3D`, or
+            :class:`~latentvid.nn.inflated_unet.InflatedUNet3D` for a pretrained image model); its
+            output is interpreted as ``target``. Typed ``nn.Module`` (not a union) so that an error
+            raised while building it reaches the user instead of a "no union member fits" message.
+        text_encoder: frozen text tower mapping captions to (B, L, D) tokens and a (B, L) mask
+            (:class:`~latentvid.conditioning.text.OpenCLIPTextEncoder` or
+            :class:`~latentvid.conditioning.hf_clip.HFCLIPTextEncoder`; ``nn.Module`` for the same reason).
         first_stage: frozen autoencoder; ``None`` means pixel space (:class:`IdentityFirstStage`).
-        schedule: continuous-time noise schedule (cosine by default; a pretrained image model's
+        schedule: continuous-time noise schedule (None: cosine; a pretrained image model's
             :class:`~latentvid.diffusion.discrete.DiscreteSchedule` when fine-tuning one).
         target: what the network predicts: ``"v"`` (default, Imagen Video), ``"eps"`` or ``"x0"``;
             ``None`` takes the schedule's ``prediction_type`` (a pretrained model's, from its scheduler config).
@@ -70,10 +72,10 @@ class LatentDiffusion(LightningModule):
 
     def __init__(
         self,
-        unet: UNet3D | InflatedUNet3D,
-        text_encoder: OpenCLIPTextEncoder | HFCLIPTextEncoder,
+        unet: nn.Module,
+        text_encoder: nn.Module,
         first_stage: FirstStage | None = None,
-        schedule: CosineSchedule | LinearLogSNRSchedule | DiscreteSchedule = CosineSchedule(),
+        schedule: CosineSchedule | LinearLogSNRSchedule | DiscreteSchedule | None = None,
         target: str | None = "v",
         caption_dropout: float = 0.1,
         min_snr_gamma: float | None = None,
@@ -88,6 +90,9 @@ class LatentDiffusion(LightningModule):
         spatial_lr_scale: float | None = 1.0,
     ) -> None:
         super().__init__()
+        # None rather than a CosineSchedule() default: with a dataclass default, jsonargparse cannot
+        # re-read another schedule class from a saved config (tools/sample.py, load_from_checkpoint)
+        schedule = CosineSchedule() if schedule is None else schedule
         if target is None:
             target = getattr(schedule, "prediction_type", None)
             if target is None:

@@ -48,9 +48,9 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
-from latentvid.nn.attention import TemporalAttention, attention, check_backend, num_heads
+from latentvid.nn.attention import TemporalAttention, attention, check_backend, num_heads, select_backend
 from latentvid.nn.layers import ScalarEmbedding, frame_mask_5d, sinusoidal_embedding
 from latentvid.nn.unet3d import FPS_RANGE, LOGSNR_RANGE
 
@@ -140,7 +140,8 @@ def read_unet_config(folder: str | Path) -> dict[str, Any]:
         if not same:
             raise ValueError(f"{file}: {key}={value!r} is not supported by InflatedUNet3D (needs {required!r})")
     if cfg.get("mid_block_only_cross_attention") not in (None, False):
-        raise ValueError(f"{file}: mid_block_only_cross_attention={cfg['mid_block_only_cross_attention']!r} is not supported")
+        raise ValueError(f"{file}: mid_block_only_cross_attention={cfg['mid_block_only_cross_attention']!r} "
+                         "is not supported")
     if cfg["norm_num_groups"] is None:
         raise ValueError(f"{file}: norm_num_groups=None (no output norm) is not supported")
     down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
@@ -254,9 +255,15 @@ class _Video(NamedTuple):
 
 
 def _run(video: _Video, fn, *args):
-    """fn(*args), recomputed in backward when gradient checkpointing is on."""
+    """fn(*args), recomputed in backward when gradient checkpointing is on.
+
+    Recomputation runs to the end of the layer (no early stop): the early stop works by raising an
+    exception from inside the layer, which ``attention()``'s backend fallback would take for a
+    failing kernel.
+    """
     if video.checkpoint and torch.is_grad_enabled():
-        return checkpoint(fn, *args, use_reentrant=False)
+        with set_checkpoint_early_stop(False):
+            return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
 
@@ -333,12 +340,12 @@ class BasicTransformerBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor, context_mask: Tensor | None, b: int) -> Tensor:
         """x (B*T, H*W, C) tokens of every frame, context (B, L, D), context_mask (B, L) -> (B*T, H*W, C)."""
         x = x + self.attn1(self.norm1(x))
-        n, l, c = x.shape
+        n, hw, c = x.shape
         # each query attends to the text alone: attend from all T*H*W tokens of a clip at once
         # instead of copying the context per frame
-        q = self.norm2(x).reshape(b, (n // b) * l, c)  # (B, T*H*W, C)
+        q = self.norm2(x).reshape(b, (n // b) * hw, c)  # (B, T*H*W, C)
         mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, L)
-        x = x + self.attn2(q, context, mask).reshape(n, l, c)
+        x = x + self.attn2(q, context, mask).reshape(n, hw, c)
         return x + self.ff(self.norm3(x))
 
 
@@ -350,7 +357,9 @@ class Transformer2D(nn.Module):
         super().__init__()
         self.linear_projection = linear_projection
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        proj = (lambda: nn.Linear(channels, channels)) if linear_projection else (lambda: nn.Conv2d(channels, channels, 1))
+        def proj() -> nn.Module:  # SD 2.x: linear on tokens; SD 1.x: 1x1 conv on the feature map
+            return nn.Linear(channels, channels) if linear_projection else nn.Conv2d(channels, channels, 1)
+
         self.proj_in = proj()
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(channels, heads, context_dim, dropout, backend) for _ in range(layers)
@@ -623,16 +632,20 @@ class InflatedUNet3D(nn.Module):
         cfg = read_unet_config(folder)
         self.image_config = cfg
         self.pretrained = str(root)
-        sched_file = Path(scheduler_config).expanduser() if scheduler_config else root / "scheduler" / "scheduler_config.json"
+        sched_file = root / "scheduler" / "scheduler_config.json"
+        if scheduler_config:
+            sched_file = Path(scheduler_config).expanduser()
         self._logsnr_table = train_logsnr_table(sched_file)  # (N,) float64; not a buffer: no dtype casts
         self._tables: dict[torch.device, Tensor] = {}
 
         self.in_channels, self.out_channels = int(cfg["in_channels"]), int(cfg["out_channels"])
         self.context_dim = int(cfg["cross_attention_dim"][0])
         if len(set(cfg["cross_attention_dim"])) != 1:
-            raise ValueError(f"{folder}: one cross_attention_dim for all blocks is needed, got {cfg['cross_attention_dim']}")
+            raise ValueError(f"{folder}: one cross_attention_dim for all blocks is needed, "
+                             f"got {cfg['cross_attention_dim']}")
         self.num_extra_conditions = num_extra_conditions
         self.gradient_checkpointing = gradient_checkpointing
+        self.attention_backend = attention_backend
         channels = cfg["block_out_channels"]
         n = len(channels)
         self.downsample_factor = 2 ** (n - 1)
@@ -786,6 +799,16 @@ class InflatedUNet3D(nn.Module):
         return fractional_timestep(logsnr, table)
 
     # ---- forward -------------------------------------------------------------------------------
+    def _probe_attention_backends(self, device: torch.device, context_mask: bool, frame_mask: bool) -> None:
+        """Let ``attention_backend="auto"`` probe its kernels now, outside checkpointed layers: the
+        probe's own forward and backward would otherwise be recorded by the first checkpointed
+        forward and not by its recomputation, which checkpointing rejects."""
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        dtype = dtype or self.conv_in.weight.dtype
+        # (mask, bias): spatial self-attention, cross-attention, temporal attention (relative position bias)
+        for has_mask, has_bias in {(False, False), (context_mask, False), (frame_mask, True)}:
+            select_backend(device, dtype, has_mask, has_bias)
+
     def _check_inputs(self, x: Tensor, logsnr: Tensor, context: Tensor | None, context_mask: Tensor | None,
                       fps: Tensor | None, frame_mask: Tensor | None, extra: Tensor | None) -> None:
         """Raise ValueError naming the argument whose shape or presence is wrong."""
@@ -849,6 +872,8 @@ class InflatedUNet3D(nn.Module):
             emb = emb + self.extra_embed(extra)
         emb = emb.repeat_interleave(t, dim=0)  # (B*T, E): frame (b, t) sits at row b*T + t
         video = _Video(b, t, frame_mask, self.gradient_checkpointing and self.training)
+        if video.checkpoint and self.attention_backend == "auto" and torch.is_grad_enabled():
+            self._probe_attention_backends(x.device, context_mask is not None, frame_mask is not None)
 
         hs = self.conv_in(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T, C0, H, W)
         skips = [hs]

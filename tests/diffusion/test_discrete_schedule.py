@@ -61,7 +61,8 @@ def test_sampling_grid_runs_from_the_last_timestep_to_clean():
     ac = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod.double()
     # the first step is diffusers' timestep 999 (trailing spacing), the others lie on t = k / 10
     torch.testing.assert_close(torch.sigmoid(lam[0].double()), ac[999], rtol=1e-4, atol=0)
-    torch.testing.assert_close(s.t_from_logsnr(lam[:-1].double()).float(), torch.linspace(1, 0.1, 10), atol=1e-5, rtol=0)
+    t = s.t_from_logsnr(lam[:-1].double()).float()
+    torch.testing.assert_close(t, torch.linspace(1, 0.1, 10), atol=1e-5, rtol=0)
 
 
 def test_ddim_on_the_grid_equals_diffusers_ddim_at_the_same_timesteps():
