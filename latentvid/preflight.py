@@ -1,0 +1,126 @@
+"""Checks a run makes before any heavy work: do the configured pieces fit together?
+
+:func:`check_fit` looks at the constructed model, datamodule, trainer callbacks and resume path
+(nothing is loaded, generated or trained yet) and returns one message per problem, so a config
+with three mistakes is fixed in one go, not in three failed starts. :class:`latentvid.cli.LatentVidCLI`
+runs it in ``before_fit``; the checks inside ``LatentDiffusion`` itself (U-Net channels vs the
+first stage's latent channels, cross-attention width vs the text tower's width) already run when
+the model is built and are reported the same way.
+
+Checked here: paths that must exist (data folders that are not generated, latent folders'
+``meta.json``, ``ckpt_path``); clip lengths against the first stage's temporal factor (a causal VAE
+takes ``1 + k * factor`` frames); frame sizes against its spatial factor and the U-Net's
+down-sampling; a pre-encoded latent folder against the model's first stage; the clip shape of
+sampling callbacks (``LogSampleVideos``, ``SampleMetrics``) likewise, since they would otherwise
+fail at the first validation, after training time was spent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+class PreflightError(ValueError):
+    """The configuration cannot run; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("the run cannot start:\n  - " + "\n  - ".join(self.problems))
+
+
+def _sides(size: Any) -> tuple[int, int] | None:
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
+def check_clip_shape(where: str, num_frames: int | None, height: int | None, width: int | None,
+                     first_stage: Any, unet: Any) -> list[str]:
+    """Problems of a pixel clip shape (T, H, W) for a first stage and U-Net (either may be None)."""
+    problems = []
+    tf = getattr(first_stage, "temporal_factor", 1) or 1
+    sf = getattr(first_stage, "spatial_factor", 1) or 1
+    if num_frames is not None and tf > 1 and (num_frames < 1 or (num_frames - 1) % tf):
+        near = 1 + max(0, round((num_frames - 1) / tf)) * tf
+        problems.append(f"{where}: num_frames={num_frames} does not fit the first stage's temporal factor {tf} "
+                        f"(clips need 1 + k * {tf} frames, e.g. {near})")
+    down = getattr(unet, "downsample_factor", 1) or 1
+    for name, side in (("height", height), ("width", width)):
+        if side is None:
+            continue
+        if side % sf:
+            problems.append(f"{where}: {name}={side} is not a multiple of the first stage's spatial factor {sf}")
+        elif (side // sf) % down:
+            problems.append(f"{where}: {name}={side} gives latents of {side // sf} px, not a multiple of the "
+                            f"U-Net's down-sampling factor {down} (use multiples of {sf * down} px)")
+    return problems
+
+
+def _check_paths(datamodule: Any, ckpt_path: str | None) -> list[str]:
+    problems = []
+    if ckpt_path and ckpt_path not in SPECIAL_CKPT_PATHS and "://" not in str(ckpt_path) \
+            and not Path(ckpt_path).is_file():
+        problems.append(f"ckpt_path: checkpoint file {ckpt_path} does not exist")
+    if datamodule is None:
+        return problems
+    generated = bool(getattr(datamodule, "generate", False))  # ShapesDataModule makes its folder
+    for attr in ("root", "val_root"):
+        value = getattr(datamodule, attr, None)
+        if isinstance(value, str) and not (attr == "root" and generated) and not Path(value).exists():
+            problems.append(f"data.{attr}: folder {value} does not exist")
+    return problems
+
+
+def _check_latent_folder(datamodule: Any, first_stage: Any, unet: Any) -> list[str]:
+    """A pre-encoded latent folder (``meta.json``) against the model that will train on it."""
+    try:
+        meta = datamodule.meta
+    except (FileNotFoundError, ValueError) as err:
+        return [f"data.root: {err}"]
+    if not isinstance(meta, dict):
+        return []
+    problems = []
+    for key, attr in (("latent_channels", "latent_channels"), ("spatial_factor", "spatial_factor"),
+                      ("temporal_factor", "temporal_factor")):
+        have, want = meta.get(key), getattr(first_stage, attr, None)
+        if have is not None and want is not None and int(have) != int(want):
+            problems.append(f"data.root: the latents in {datamodule.root} have {key}={have} but the model's first "
+                            f"stage has {attr}={want} (encode them with this first stage)")
+    down = getattr(unet, "downsample_factor", 1) or 1
+    for key in ("height", "width"):
+        side, sf = meta.get(key), meta.get("spatial_factor", 1)
+        if side and sf and (int(side) // int(sf)) % down:
+            problems.append(f"data.root: latents of {int(side) // int(sf)} px ({key}) are not a multiple of the "
+                            f"U-Net's down-sampling factor {down}")
+    return problems
+
+
+def check_fit(model: Any, datamodule: Any, callbacks: list[Any], ckpt_path: str | None = None) -> list[str]:
+    """One message per problem that would stop (or silently spoil) ``fit``; empty when all fit.
+
+    ``model``, ``datamodule`` (may be None) and ``callbacks`` are the constructed objects; nothing
+    is loaded or generated. Duck-typed: a model with ``first_stage`` / ``unet`` attributes is
+    checked against the data's clip shape, a datamodule with ``meta`` and no ``num_frames`` is a
+    pre-encoded latent folder, a callback with ``captions``, ``num_frames``, ``height`` and
+    ``width`` samples clips of that shape."""
+    problems = _check_paths(datamodule, ckpt_path)
+    first_stage, unet = getattr(model, "first_stage", None), getattr(model, "unet", None)
+    if first_stage is None:
+        return problems  # not a diffusion model (e.g. the VAE trainer): only paths apply
+    if datamodule is not None and hasattr(type(datamodule), "meta") and not hasattr(datamodule, "num_frames"):
+        if not any(p.startswith("data.root") for p in problems):  # a missing folder is reported once
+            problems += _check_latent_folder(datamodule, first_stage, unet)
+    elif datamodule is not None:
+        sides = _sides(getattr(datamodule, "size", None))
+        problems += check_clip_shape("data", getattr(datamodule, "num_frames", None),
+                                     sides[0] if sides else None, sides[1] if sides else None, first_stage, unet)
+    for cb in callbacks:
+        if all(hasattr(cb, a) for a in ("captions", "num_frames", "height", "width")):
+            problems += check_clip_shape(f"callback {type(cb).__name__}", cb.num_frames, cb.height, cb.width,
+                                         first_stage, unet)
+    return problems
