@@ -2,26 +2,111 @@
 
     latentvid fit -c configs/base.yaml                      # train
     latentvid fit -c configs/base.yaml --trainer.max_steps 100
+    latentvid fit -c configs/base.yaml --ckpt_path last     # continue the newest run under default_root_dir
     latentvid validate -c configs/base.yaml --ckpt_path runs/base/.../last.ckpt
     latentvid fit --help                                    # every option, from the constructors
 
 Configs mirror constructor signatures (``class_path`` / ``init_args``); the resolved config is
 saved as ``config.yaml`` in every run directory.
+
+Every run also gets, without config changes:
+
+* crash-safe checkpoint files (:class:`~latentvid.callbacks.checkpoint_io.AtomicCheckpointIO`),
+  unless the config sets its own checkpoint plugin;
+* four callbacks, configured under their own keys (``--numerics.policy stop`` etc.):
+  ``data_position`` (:class:`~latentvid.callbacks.data_position.DataPosition`), ``rng``
+  (:class:`~latentvid.callbacks.rng.RNGState`), ``numerics``
+  (:class:`~latentvid.callbacks.numerics.NumericalGuard`) and ``preemption``
+  (:class:`~latentvid.callbacks.preemption.Preemption`);
+* ``--ckpt_path last`` resolved to the newest ``last*.ckpt`` under ``trainer.default_root_dir``
+  (and any ModelCheckpoint ``dirpath``), the resumed run writing into that checkpoint's run folder;
+  no checkpoint yet means a fresh start, so a requeued job can always pass it;
+* checks before any heavy work (:mod:`latentvid.preflight`): one message per problem.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
+from pathlib import Path
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+
+from latentvid.callbacks.checkpoint_io import TMP_MARKER, AtomicCheckpointIO, CheckpointReadError
+from latentvid.callbacks.data_position import DataPosition
+from latentvid.callbacks.numerics import NonFiniteError, NumericalGuard
+from latentvid.callbacks.preemption import Preemption
+from latentvid.callbacks.rng import RNGState
+from latentvid.preflight import PreflightError, check_fit
 
 DEBUG_ENV = "LATENTVID_DEBUG"
+# config key -> callback added to every run (order matters: data position and RNG are recorded
+# before the preemption callback may save at the end of the same batch)
+DEFAULT_CALLBACKS = {"data_position": DataPosition, "rng": RNGState, "numerics": NumericalGuard,
+                     "preemption": Preemption}
+
+
+class ConfigError(ValueError):
+    """A class in the config could not be built; ``problems`` holds its messages."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def find_last_checkpoint(folders: list[str | os.PathLike]) -> Path | None:
+    """The most recently written ``last*.ckpt`` under any of ``folders`` (searched recursively;
+    hidden temporary files of interrupted writes are ignored), or None."""
+    found = []
+    for folder in folders:
+        root = Path(folder)
+        if root.is_dir():
+            found += [p for p in root.rglob("last*.ckpt") if p.is_file() and TMP_MARKER not in p.name]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _run_version(trainer: Trainer, ckpt: Path) -> int | str | None:
+    """The logger version whose folder holds ``ckpt`` (``<root>/<name>/<version>/checkpoints/x.ckpt``), if any."""
+    logger = trainer.logger
+    root = getattr(logger, "root_dir", None)
+    if root is None or len(ckpt.parents) < 3 or Path(root).resolve() != ckpt.parents[2].resolve():
+        return None
+    folder = ckpt.parents[1].name
+    match = re.fullmatch(r"version_(\d+)", folder)
+    return int(match.group(1)) if match else folder
+
+
+UNION_ERROR = "Does not validate against any of the Union subtypes"
+
+
+def _constructor_messages(exc: BaseException) -> list[str]:
+    """The messages of the constructor error behind ``exc``.
+
+    jsonargparse wraps an exception raised while building a class in (nested) union-validation
+    errors and chains the original as their cause: follow the chain to the first exception of
+    ours. A message of the form "header:\n  item\n  item" (as ``LatentDiffusion`` raises it) gives
+    one message per item."""
+    err: BaseException | None = exc
+    while err is not None and str(err).startswith(UNION_ERROR):
+        err = err.__cause__ or err.__context__
+    err = err or exc
+    lines = [ln for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return [type(err).__name__]
+    if len(lines) > 1 and lines[0].rstrip().endswith(":") and all(ln.startswith((" ", "\t")) for ln in lines[1:]):
+        return [ln.strip() for ln in lines[1:]]
+    return [" ".join(ln.strip() for ln in lines)] if not str(err).startswith(UNION_ERROR) else [lines[-1].strip()]
 
 
 class LatentVidCLI(LightningCLI):
-    """LightningCLI with latentvid's defaults (subclass mode, config saved beside checkpoints)."""
+    """LightningCLI with latentvid's defaults (subclass mode, config saved beside checkpoints,
+    crash-safe checkpoints, resume / preemption / numerical-guard callbacks, start-up checks)."""
 
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
         super().__init__(
@@ -35,6 +120,63 @@ class LatentVidCLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for key, callback in DEFAULT_CALLBACKS.items():
+            parser.add_lightning_class_args(callback, key)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            if os.environ.get(DEBUG_ENV) == "1":
+                raise
+            raise ConfigError(_constructor_messages(exc)) from exc
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        strategy = trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one the config chose
+            strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+    # ---- fit ------------------------------------------------------------------------------
+    def _resolve_last(self) -> None:
+        """``--ckpt_path last``: the newest last*.ckpt of this run's folders (Lightning's own "last"
+        only looks in the new run's version folder, which is empty)."""
+        cfg = self.config_init[self.subcommand]
+        if cfg.get("ckpt_path") != "last":
+            return
+        folders = [self.trainer.default_root_dir] + [cb.dirpath for cb in self.trainer.checkpoint_callbacks
+                                                     if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+        found = find_last_checkpoint(folders)
+        if found is None:
+            rank_zero_info(f"--ckpt_path last: no last*.ckpt under {', '.join(map(str, folders))}; starting fresh")
+        else:
+            rank_zero_info(f"--ckpt_path last: resuming from {found}")
+        cfg["ckpt_path"] = str(found) if found else None
+
+    def _continue_run_folder(self) -> None:
+        """Resume into the run folder (logger version) that holds the checkpoint, so logs, the
+        recorder's files and ModelCheckpoint's keep-N bookkeeping continue in one place."""
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        logger = self.trainer.logger
+        if not ckpt or not Path(ckpt).is_file() or logger is None:
+            return
+        version = _run_version(self.trainer, Path(ckpt).absolute())
+        # only a logger that has not fixed (or created) its version yet; _version is None until then
+        if version is not None and getattr(logger, "_version", 0) is None and getattr(logger, "_experiment", None) is None:
+            logger._version = version
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            rank_zero_info(f"continuing in the run folder {Path(ckpt).absolute().parents[1]}")
+
+    def before_fit(self) -> None:
+        self._resolve_last()
+        problems = check_fit(self.model, self.datamodule, self.trainer.callbacks,
+                             self.config_init[self.subcommand].get("ckpt_path"))
+        if problems:
+            raise PreflightError(problems)
+        self._continue_run_folder()
+
 
 def _one_line(exc: BaseException) -> str:
     """The first useful line of an argument/config error (jsonargparse nests the cause in the message)."""
@@ -43,24 +185,44 @@ def _one_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+def _problems(title: str, problems: list[str]) -> str:
+    return f"latentvid: {title}:\n" + "".join(f"  - {p}\n" for p in problems)
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``latentvid`` and ``tools/fit.py``. Config and file errors end in one line."""
+    """Entry point of ``latentvid`` and ``tools/fit.py``. Config and file errors end in a short
+    message (exit status 2), a numerical stop in one message (status 1), never a traceback
+    (``LATENTVID_DEBUG=1`` shows them)."""
     from jsonargparse import ArgumentError
 
     debug = os.environ.get(DEBUG_ENV) == "1"
+    hint = f"(run with --help for the options, {DEBUG_ENV}=1 for a traceback)\n"
     try:
         LatentVidCLI(args=args)
     except ArgumentError as exc:
         if debug:
             raise
-        sys.stderr.write(f"latentvid: config error: {_one_line(exc)}\n(run with --help for the options, "
-                         f"{DEBUG_ENV}=1 for a traceback)\n")
+        sys.stderr.write(f"latentvid: config error: {_one_line(exc)}\n{hint}")
         sys.exit(2)
-    except FileNotFoundError as exc:
+    except ConfigError as exc:
+        sys.stderr.write(_problems("the config does not build", exc.problems) + hint)
+        sys.exit(2)
+    except PreflightError as exc:
         if debug:
             raise
-        sys.stderr.write(f"latentvid: file not found: {exc}\n")
+        sys.stderr.write(_problems(f"the run cannot start ({len(exc.problems)} problem(s))", exc.problems) + hint)
         sys.exit(2)
+    except (FileNotFoundError, CheckpointReadError) as exc:
+        if debug:
+            raise
+        what = "file not found" if isinstance(exc, FileNotFoundError) else "unreadable checkpoint"
+        sys.stderr.write(f"latentvid: {what}: {exc}\n")
+        sys.exit(2)
+    except NonFiniteError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"latentvid: training stopped: {exc}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

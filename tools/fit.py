@@ -12,5 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from latentvid.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.argv.insert(1, "fit")  # LightningCLI reads sys.argv; `fit.py ARGS` == `latentvid fit ARGS`
+    # LightningCLI reads sys.argv; `fit.py ARGS` == `latentvid fit ARGS`. Lightning's DDP launcher
+    # re-runs this script for ranks > 0 with the argv it sees, "fit" already in it.
+    if sys.argv[1:2] != ["fit"]:
+        sys.argv.insert(1, "fit")
     main()
