@@ -347,3 +347,17 @@ def test_cuda_device_cache_and_dropout_generator() -> None:
     torch.testing.assert_close(context.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
     gpu_drop = caption_dropout(CAPTIONS * 50, 0.5, torch.Generator("cuda").manual_seed(0))
     assert 0 < gpu_drop.count("") < len(gpu_drop)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_tower_returns_float32_close_to_float32(dtype: str) -> None:
+    full = make_encoder(seed=4)
+    half = make_encoder(seed=4, dtype=dtype)
+    assert all(p.dtype == getattr(torch, dtype) for p in half.parameters())
+    context, mask = half(CAPTIONS)
+    reference, ref_mask = full(CAPTIONS)
+    assert context.dtype == torch.float32 and torch.equal(mask, ref_mask)
+    err = (context - reference)[mask].norm() / reference[mask].norm()
+    assert 0 < err < 3e-2  # reduced-precision rounding, not a different computation
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        make_encoder(dtype="int8")
