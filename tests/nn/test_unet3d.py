@@ -396,3 +396,21 @@ def test_inductor_compiled_network_equals_eager(device):
     cond = {k: v.to(device) for k, v in dict(conditions(), extra=EXTRA).items()}
     frame_mask = torch.tensor([[True, True, True, False], [True, False, False, False]], device=device)
     assert_same_step(train_step(eager, x, cond, frame_mask), train_step(comp, x, cond, frame_mask), tol=1e-4)
+
+
+@pytest.mark.parametrize("recipe", ["base.yaml", "base-gpu.yaml"])
+def test_recipes_unet_arguments_build_the_network(recipe):
+    """The recipes' unet init_args mirror the constructor (the GPU one sets every speed knob)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "configs" / recipe
+    unet = yaml.safe_load(path.read_text())["model"]["init_args"]["unet"]
+    assert unet["class_path"] == "latentvid.nn.unet3d.UNet3D"
+    args = unet["init_args"]
+    if recipe == "base-gpu.yaml":
+        assert {"gradient_checkpointing", "compile", "compile_mode", "channels_last", "ff_mult"} <= set(args)
+    with torch.device("meta"):
+        model = UNet3D(**args)
+    assert model.gradient_checkpointing in unet_mod.CHECKPOINTING
