@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 
 from latentvid.data.clips import ClipSpec
@@ -141,6 +142,46 @@ def test_resume_state_round_trip(folder: Path) -> None:
     assert len(rest) <= 8 - len(state["progress"]["video"]["done_units"])
     with pytest.raises(ValueError, match="state version"):
         fresh.load_state_dict({"version": 99})
+
+
+class _Recorder(LightningModule):
+    """A one-parameter model that records the captions of the batches it trains on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[str] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen += batch["caption"]
+        return (self.w - batch["video"].mean()) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_a_resumed_fit_does_not_reread_consumed_units(folder: Path, tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def trainer(**kw) -> Trainer:
+        return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, **kw)
+
+    # a checkpoint in the middle of the epoch (after 2 of the 4 batches), as a preempted run leaves it
+    first = _Recorder()
+    every_2 = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=2, save_top_k=-1)
+    trainer(max_steps=3, callbacks=[every_2]).fit(first, datamodule=_dm(folder, image_ratio=0.0, batch_size=2))
+    ckpt = tmp_path / "step=2.ckpt"
+    done = torch.load(ckpt, weights_only=True)["VideoTextDataModule"]["progress"]["video"]
+    assert done["epoch"] == 0 and len(done["done_units"]) == 4  # 1 row per unit: the 4 clips of batches 1-2
+    rows = VideoFolder(str(folder), "videos.csv")  # unit u = block u of the epoch's row permutation
+    consumed = {rows.rows[raw.data].caption for u in done["done_units"] for raw in rows.read_unit(u, 0, 0, True)}
+    assert consumed == set(first.seen[:4])
+
+    second = _Recorder()
+    trainer(max_epochs=1, enable_checkpointing=False).fit(
+        second, datamodule=_dm(folder, image_ratio=0.0, batch_size=2), ckpt_path=ckpt)
+    assert not consumed & set(second.seen)  # nothing the checkpoint had consumed is read again
+    assert sorted(consumed | set(second.seen)) == [f"video {i}" for i in range(8)] and len(second.seen) == 4
 
 
 def test_latents_option_reads_a_pre_encoded_folder(tmp_path: Path) -> None:
