@@ -16,8 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from latentvid.diffusion.discrete import DiscreteSchedule
 from latentvid.nn.attention import reset_backend_cache
-from latentvid.nn.inflated_unet import InflatedUNet3D, TemporalLayer
+from latentvid.nn.inflated_unet import InflatedUNet3D
 from latentvid.nn.motion_module import load_motion_module, read_motion_module, save_motion_module
+from latentvid.nn.sd_blocks import TemporalLayer
 
 KINDS = ["sd1", "sd2"]
 
