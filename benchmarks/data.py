@@ -72,7 +72,8 @@ def make_sources(root: Path, args: argparse.Namespace) -> tuple[VideoFolder, Vid
             writer.write({"__key__": f"{i:04d}", "mp4": path.read_bytes(), "txt": f"synthetic clip {i}"})
     (root / "videos.csv").write_text("\n".join(lines) + "\n")
     size = sum(p.stat().st_size for p in (root / "videos").iterdir())
-    return VideoFolder(str(root), "videos.csv"), VideoShards(str(root / "shards" / "shard-*.tar"), shuffle_buffer=16), size
+    shards = VideoShards(str(root / "shards" / "shard-*.tar"), shuffle_buffer=16)
+    return VideoFolder(str(root), "videos.csv"), shards, size
 
 
 def measure(source, spec: ClipSpec, workers: int, clips: int, batch_size: int, seed: int) -> dict:

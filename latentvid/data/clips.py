@@ -38,7 +38,7 @@ class ClipError(ValueError):
     """A sample that cannot become a clip (unreadable, too short, ...); the message names the file."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClipSpec:
     """What one training clip is, and how it is read.
 
@@ -78,7 +78,7 @@ class ClipSpec:
 
     def __post_init__(self) -> None:
         if isinstance(self.size, list):
-            self.size = tuple(self.size)
+            object.__setattr__(self, "size", tuple(self.size))  # frozen: a spec is shared by every source
         checks = {
             "num_frames": self.num_frames >= 1,
             "size": all(int(s) >= 1 for s in self.hw) and (isinstance(self.size, int) or len(self.size) == 2),

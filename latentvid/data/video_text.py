@@ -94,7 +94,7 @@ class VideoTextDataModule(LightningDataModule):
         video: VideoSource | None = None,
         images: ImageSource | None = None,
         val: VideoSource | None = None,
-        clip: ClipSpec = ClipSpec(),
+        clip: ClipSpec = ClipSpec(),  # noqa: B008 (frozen: one immutable default is safe)
         image_ratio: float = 0.0,
         batch_size: int = 8,
         num_workers: int = 4,
@@ -119,12 +119,15 @@ class VideoTextDataModule(LightningDataModule):
             raise ValueError(f"image_ratio must be in [0, 1], got {image_ratio}")
         if latents is None:
             if video is None and image_ratio < 1.0:
-                raise ValueError("VideoTextDataModule: give a `video` source (or `latents`, or image_ratio=1 with `images`)")
+                raise ValueError("VideoTextDataModule: give a `video` source "
+                                 "(or `latents`, or image_ratio=1 with `images`)")
             if images is None and image_ratio > 0.0:
                 raise ValueError(f"VideoTextDataModule: image_ratio={image_ratio} needs an `images` source")
-        for label, source, kind in (("video", video, VideoSource), ("val", val, VideoSource), ("images", images, ImageSource)):
+        for label, source, kind in (("video", video, VideoSource), ("val", val, VideoSource),
+                                    ("images", images, ImageSource)):
             if source is not None and not isinstance(source, kind):
-                raise TypeError(f"VideoTextDataModule: `{label}` must be a {kind.__name__}, got {type(source).__name__}")
+                raise TypeError(f"VideoTextDataModule: `{label}` must be a {kind.__name__}, "
+                                f"got {type(source).__name__}")
         # plain data only (checkpoints load with weights_only=True); num_frames / size are what
         # tools/sample.py reads to pick the sampling shape
         self.save_hyperparameters({**args, "num_frames": clip.num_frames,

@@ -77,7 +77,8 @@ def test_short_files_give_the_frames_that_fit() -> None:
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
-@pytest.mark.parametrize(("file_fps", "target_fps", "start"), [(24, 8, "first"), (25, 10, "center"), (30, 12, "random")])
+@pytest.mark.parametrize(("file_fps", "target_fps", "start"),
+                         [(24, 8, "first"), (25, 10, "center"), (30, 12, "random")])
 def test_load_clip_returns_the_sampled_frames(tmp_path: Path, counter_video, decode_counter, backend, file_fps,
                                               target_fps, start) -> None:
     path = counter_video(tmp_path / "count.mp4", num_frames=60, fps=file_fps)

@@ -32,7 +32,8 @@ def zoo_folder(zoo, tmp_path_factory) -> tuple[Path, set[str], int]:
     shutil.copy(zoo["good"], root / "good_copy.mp4")
     rows.append(["good_copy.mp4", b"caf\xe9 in latin-1", "bad_caption"])  # caption bytes are not UTF-8
     header = ["file", "text", "id"]
-    lines = [",".join(header).encode()] + [b",".join(c if isinstance(c, bytes) else c.encode() for c in r) for r in rows]
+    lines = [",".join(header).encode()]
+    lines += [b",".join(c if isinstance(c, bytes) else c.encode() for c in r) for r in rows]
     (root / "index.csv").write_bytes(b"\n".join(lines) + b"\n")
     good = {"good", "one_frame", "vfr", "odd", "tiny", "narrow", "rotated", "gray", "tenbit"}
     return root, good, len(rows) - len(good)

@@ -22,7 +22,8 @@ SPEC = ClipSpec(num_frames=4, size=8)
 
 def _keys(stream) -> tuple[list[str], int, list[str]]:
     items = list(stream)
-    return [it["key"] for it in items], sum(it["skipped"] for it in items), [n for it in items for n in it["skipped_names"]]
+    names = [n for it in items for n in it["skipped_names"]]
+    return [it["key"] for it in items], sum(it["skipped"] for it in items), names
 
 
 def test_writer_round_trip_is_atomic(tmp_path: Path) -> None:

@@ -57,7 +57,8 @@ def test_mixing_ratio_is_honoured_and_images_have_one_valid_frame(folder: Path) 
     images = videos = 0
     for batch in batches:
         assert batch["video"].shape == (8, 3, T, S, S) and batch["frame_mask"].shape == (8, T)
-        for caption, mask, fps, video in zip(batch["caption"], batch["frame_mask"], batch["fps"], batch["video"]):
+        columns = (batch["caption"], batch["frame_mask"], batch["fps"], batch["video"])
+        for caption, mask, fps, video in zip(*columns, strict=True):
             if caption.startswith("image"):
                 images += 1
                 assert mask.tolist() == [True, False, False] and fps == 0.0
@@ -74,7 +75,7 @@ def test_one_epoch_is_one_pass_over_the_videos_with_short_clips_masked(folder: P
     batches = list(dm.train_dataloader())
     captions = [c for b in batches for c in b["caption"]]
     assert sorted(captions) == [f"video {i}" for i in range(8)]
-    masks = {c: m.tolist() for b in batches for c, m in zip(b["caption"], b["frame_mask"])}
+    masks = {c: m.tolist() for b in batches for c, m in zip(b["caption"], b["frame_mask"], strict=True)}
     assert masks["video 0"] == [True, False, False]  # 2 frames at 16 fps -> 1 frame at 8 fps, padded
     assert masks["video 5"] == [True, True, True]
 
@@ -88,7 +89,7 @@ def test_static_stills_and_validation(folder: Path) -> None:
     assert all(b["frame_mask"].all() and (b["fps"] == 5.0).all() for b in train)
     val = [list(dm.val_dataloader()) for _ in range(2)]
     assert [k for b in val[0] for k in b["key"]] == [f"v{i}" for i in range(8)]  # in order, none dropped
-    for a, b in zip(*val):  # centred starts and crops: the same clips every time
+    for a, b in zip(*val, strict=True):  # centred starts and crops: the same clips every time
         torch.testing.assert_close(a["video"], b["video"], rtol=0, atol=0)
     assert dm.root == str(folder)  # where LogSampleVideos finds eval_prompts.txt
 

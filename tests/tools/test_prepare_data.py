@@ -99,6 +99,10 @@ def test_shapes_shards_hold_the_same_samples_as_the_folder(shapes: Path) -> None
     assert (shapes / "shapes-shards" / "eval_prompts.txt").is_file()
 
 
+def _source(class_path: str, init_args: str) -> str:
+    return f"{{class_path: {class_path}, init_args: {{{init_args}}}}}"
+
+
 def _data_config(path: Path, video: str, images: str) -> Path:
     path.write_text(f"""
 class_path: latentvid.data.video_text.VideoTextDataModule
@@ -115,7 +119,8 @@ init_args:
 
 def _fit(tmp: Path, data_config: Path) -> subprocess.CompletedProcess:
     return run(str(ROOT / "tools" / "fit.py"), "-c", str(TINY), "--data", str(data_config),
-               "--trainer.default_root_dir", str(tmp / "run"), "--trainer.callbacks+=latentvid.callbacks.data_health.DataHealth",
+               "--trainer.default_root_dir", str(tmp / "run"),
+               "--trainer.callbacks+=latentvid.callbacks.data_health.DataHealth",
                cwd=tmp)
 
 
@@ -123,8 +128,8 @@ def _fit(tmp: Path, data_config: Path) -> subprocess.CompletedProcess:
 def test_fit_from_shards(shapes: Path) -> None:
     shards = shapes / "shapes-shards"
     config = _data_config(shapes / "shards.yaml",
-                          f"{{class_path: latentvid.data.shards.VideoShards, init_args: {{urls: '{shards}/videos-*.tar'}}}}",
-                          f"{{class_path: latentvid.data.shards.ImageShards, init_args: {{urls: '{shards}/images-*.tar'}}}}")
+                          _source("latentvid.data.shards.VideoShards", f"urls: '{shards}/videos-*.tar'"),
+                          _source("latentvid.data.shards.ImageShards", f"urls: '{shards}/images-*.tar'"))
     res = _fit(shapes / "from_shards", config)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "max_steps=3` reached" in res.stderr + res.stdout
@@ -137,8 +142,8 @@ def test_fit_from_folder_and_csv(shapes: Path) -> None:
     rows = [json.loads(line) for line in (folder / "videos.jsonl").read_text().splitlines()]
     (folder / "videos.csv").write_text("path,caption\n" + "".join(f"{r['path']},{r['caption']}\n" for r in rows))
     config = _data_config(shapes / "folder.yaml",
-                          f"{{class_path: latentvid.data.folder.VideoFolder, init_args: {{root: '{folder}', index: videos.csv}}}}",
-                          f"{{class_path: latentvid.data.folder.ImageFolder, init_args: {{root: '{folder}', index: images.jsonl}}}}")
+                          _source("latentvid.data.folder.VideoFolder", f"root: '{folder}', index: videos.csv"),
+                          _source("latentvid.data.folder.ImageFolder", f"root: '{folder}', index: images.jsonl"))
     res = _fit(shapes / "from_folder", config)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "max_steps=3` reached" in res.stderr + res.stdout
