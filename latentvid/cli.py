@@ -35,7 +35,7 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from latentvid.callbacks.checkpoint_io import TMP_MARKER, AtomicCheckpointIO, CheckpointReadError
@@ -104,6 +104,18 @@ def _constructor_messages(exc: BaseException) -> list[str]:
     return [" ".join(ln.strip() for ln in lines)] if not str(err).startswith(UNION_ERROR) else [lines[-1].strip()]
 
 
+def install_atomic_checkpoint_io(trainer: Trainer) -> None:
+    """Make Lightning's default checkpoint writer an :class:`AtomicCheckpointIO`; a writer set in the
+    config (``trainer.plugins``) is kept, and a wrapper set there without a base (``AsyncCheckpointIO``)
+    gets it as its base."""
+    strategy = trainer.strategy
+    io = strategy._checkpoint_io  # None until a plugin sets one: Lightning would then create TorchCheckpointIO
+    if io is None:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+    elif isinstance(io, _WrappingCheckpointIO) and io.checkpoint_io is None:
+        io.checkpoint_io = AtomicCheckpointIO()
+
+
 class LatentVidCLI(LightningCLI):
     """LightningCLI with latentvid's defaults (subclass mode, config saved beside checkpoints,
     crash-safe checkpoints, resume / preemption / numerical-guard callbacks, start-up checks)."""
@@ -134,9 +146,7 @@ class LatentVidCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        strategy = trainer.strategy
-        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one the config chose
-            strategy.checkpoint_io = AtomicCheckpointIO()
+        install_atomic_checkpoint_io(trainer)
         return trainer
 
     # ---- fit ------------------------------------------------------------------------------
