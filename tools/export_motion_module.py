@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt", required=True, help="checkpoint written by tools/fit.py -c configs/finetune-sd.yaml")
     p.add_argument("--out", required=True, help="output motion module, e.g. motion.safetensors")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA weights (if any)")
+    p.add_argument("--fp16", action="store_true", help="store the tensors as float16 (half the file size)")
     return p.parse_args(argv)
 
 
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> Path:
     if not hasattr(unet, "temporal_state_dict"):
         sys.exit(f"export_motion_module.py: {args.ckpt} holds a {type(unet).__name__}, not an inflated image "
                  "model (latentvid.nn.inflated_unet.InflatedUNet3D): nothing to export")
-    path = save_motion_module(unet, args.out)
+    import torch
+
+    path = save_motion_module(unet, args.out, dtype=torch.float16 if args.fp16 else None)
     n = len(unet.temporal_state_dict())
     print(f"wrote {path}: {n} tensors, {path.stat().st_size / 2**20:.1f} MiB")
     return path

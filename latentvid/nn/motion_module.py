@@ -22,18 +22,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 FORMAT = "latentvid.motion_module"
 FORMAT_VERSION = "1"
 
 
-def save_motion_module(model: nn.Module, path: str | Path) -> Path:
+def save_motion_module(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``model.temporal_state_dict()`` with its metadata to ``path`` (safetensors, atomically).
 
     Args:
         model: an :class:`~latentvid.nn.inflated_unet.InflatedUNet3D`.
         path: output file, conventionally ``*.safetensors``; parent folders are created.
+        dtype: store floating-point tensors in this dtype (e.g. ``torch.float16`` halves the file);
+            None keeps the model's. Loading casts back to the target model's dtype.
 
     Returns:
         The path written.
@@ -41,6 +44,8 @@ def save_motion_module(model: nn.Module, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     state = {k: v.contiguous().cpu() for k, v in model.temporal_state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if not state:
         raise ValueError("the model has no temporal layers to export (temporal_conv, temporal_attention and "
                          "fps_conditioning are all off)")

@@ -258,6 +258,14 @@ def test_motion_module_round_trip_and_transfer(tiny_sd, tmp_path):
         assert torch.equal(other.state_dict()[k], v), k
     assert not torch.equal(other.conv_in.weight, trained.conv_in.weight)  # its own image model
 
+    half = save_motion_module(trained, tmp_path / "half.safetensors", dtype=torch.float16)
+    assert all(v.dtype == torch.float16 for v in read_motion_module(half)[0].values())
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    load_motion_module(fresh, half)  # cast back to the model's float32
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x, lam, context, fps=fps), trained(x, lam, context, fps=fps),
+                                   atol=1e-2, rtol=1e-2)
+
     with pytest.raises(ValueError, match="block_out_channels"):
         load_motion_module(InflatedUNet3D(str(tiny_sd("sd2"))), path)
     with pytest.raises(ValueError, match="learned_mix"):
