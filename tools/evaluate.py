@@ -15,7 +15,8 @@ Reconstruction / super-resolution outputs against their references, paired by fi
 
 A super-resolution stage (SSR / TSR) on held-out clips: each clip is degraded as in training
 (downsampled in space / every f-th frame kept), super-resolved, and scored against the original
-next to the plain baseline (bicubic upsampling for SSR, repeated frames for TSR):
+next to the plain baseline (bicubic upsampling for SSR, repeated frames for TSR, scored on the frames
+between the input frames):
     python tools/evaluate.py --sr-ckpt runs/ssr/checkpoints/last.ckpt --real data/shapes-64/heldout.jsonl
 
 Metrics: probe = shapes probe accuracy (colour, shape, direction, all; needs shapes captions);
@@ -536,6 +537,13 @@ def sr_baseline(model: Any, low: torch.Tensor) -> tuple[str, torch.Tensor]:
     raise EvalError(f"--sr-ckpt needs an SSR or TSR checkpoint, got a {type(model).__name__}")
 
 
+def _new_frames(model: Any, num_frames: int) -> list[int]:
+    """Frames an SR stage is scored on: all for SSR; for TSR those between the input frames (the
+    repeated-frame baseline copies the others exactly, an infinite PSNR)."""
+    factor = getattr(model, "frame_factor", 1)
+    return [j for j in range(num_frames) if factor == 1 or j % factor]
+
+
 def _real_with_captions(source: str) -> list[tuple[Path, str]]:
     """``(path, caption)`` of the --real clips; captions from a JSONL index, else empty."""
     path = Path(source)
@@ -547,7 +555,8 @@ def _real_with_captions(source: str) -> list[tuple[Path, str]]:
 def evaluate_sr(args: argparse.Namespace) -> dict[str, Any]:
     """Score an SR stage on degraded --real clips against the originals, beside its plain baseline.
 
-    Clip batch j is sampled with seed ``--seed + j``. Reports psnr / ssim of the stage and of the
+    SSR is scored on every frame, TSR on the frames between its input frames. Clip batch j is
+    sampled with seed ``--seed + j``. Reports psnr / ssim of the stage and of the
     baseline (``psnr_bicubic`` ...) and the gain in PSNR."""
     import torch
 
@@ -589,9 +598,10 @@ def evaluate_sr(args: argparse.Namespace) -> dict[str, Any]:
         sr = model.sample(low, batch.captions, fps=fps, steps=args.steps, sampler=args.sampler,
                           guidance_scale=args.guidance, eta=args.eta, aug_level=args.aug_level, generator=g)
         baseline, plain = sr_baseline(model, low)
+        new = _new_frames(model, truth.shape[2])  # TSR: only the frames it had to invent
         for name in names:
-            ours[name].update(video_frames_01(sr), video_frames_01(truth))
-            base[name].update(video_frames_01(plain), video_frames_01(truth))
+            ours[name].update(video_frames_01(sr[:, :, new]), video_frames_01(truth[:, :, new]))
+            base[name].update(video_frames_01(plain[:, :, new]), video_frames_01(truth[:, :, new]))
         for i, path in enumerate(batch.paths):
             report["videos"].append({"name": path.name, "caption": batch.captions[i], "seed": args.seed + j})
             if out is not None:

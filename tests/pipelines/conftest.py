@@ -3,7 +3,9 @@
 Chain: base 2 frames of 8x8 at 8 fps -> TSR x2 frames (4 of 8x8, 16 fps) -> SSR x2 (4 of 16x16).
 """
 
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -46,7 +48,8 @@ def fit(config: dict, path: Path) -> Path:
     from latentvid.cli import main
 
     path.write_text(yaml.safe_dump(config))
-    main(["fit", "-c", str(path)])
+    with mock.patch.object(sys, "argv", ["latentvid"]):  # pytest's own arguments are not the CLI's
+        main(["fit", "-c", str(path)])
     ckpt = Path(config["trainer"]["callbacks"][0]["init_args"]["dirpath"]) / "last.ckpt"
     assert ckpt.is_file(), f"training did not write {ckpt}"
     return ckpt
