@@ -82,6 +82,9 @@ def build_tiny_sd(root: Path, kind: str, seed: int = 0) -> Path:
     UNet2DConditionModel(**TINY_UNETS[kind]).save_pretrained(root / "unet")
     PNDMScheduler(**SD_SCHEDULE, prediction_type=PREDICTION[kind], skip_prk_steps=True,
                   steps_offset=1).save_pretrained(root / "scheduler")
+    if kind == "sd1":  # like Stable Diffusion 1.5's file, which predates the key (diffusers assumes epsilon)
+        sched = root / "scheduler" / "scheduler_config.json"
+        sched.write_text(json.dumps({k: v for k, v in json.loads(sched.read_text()).items() if k != "prediction_type"}))
     text = dict(TINY_TEXT[kind])
     pad = text.pop("pad")
     vocab_size = write_clip_tokenizer(root / "tokenizer", pad)

@@ -16,8 +16,10 @@ Computed in float64.
 The scheduler config also says what the network predicts (``prediction_type``: ``epsilon`` /
 ``v_prediction`` / ``sample``); it is kept here as ``prediction_type`` (``"eps"`` / ``"v"`` /
 ``"x0"``) so that :class:`latentvid.models.latent_diffusion.LatentDiffusion` can take its target
-from the schedule. Sampler-only settings of the file (``timestep_spacing``, ``steps_offset``,
-``set_alpha_to_one``, ``clip_sample``, ...) are ignored: latentvid's samplers take any grid.
+from the schedule. Keys missing from a file take diffusers' scheduler defaults (Stable Diffusion
+1.x files have no ``prediction_type``: epsilon). Sampler-only settings of the file
+(``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``, ``clip_sample``, ...) are ignored:
+latentvid's samplers take any grid.
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ class DiscreteSchedule:
         return lam
 
 
+# what diffusers' DDPM / DDIM / PNDM schedulers assume for keys a config file leaves out
+_DIFFUSERS_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+                       "prediction_type": "epsilon"}
 _CASTS = {"num_train_timesteps": int, "beta_start": float, "beta_end": float, "beta_schedule": str,
           "prediction_type": str}
 assert set(_CASTS) == {f.name for f in fields(DiscreteSchedule)} - {"pretrained"}
@@ -194,6 +199,7 @@ def read_scheduler_config(path: str) -> dict:
         raise ValueError(f"{file}: explicit 'trained_betas' are not supported; use beta_start/beta_end/beta_schedule")
     if config.get("rescale_betas_zero_snr"):
         raise ValueError(f"{file}: 'rescale_betas_zero_snr' (a zero-SNR final timestep) is not supported")
+    config = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
     out = {}
     for key, cast in _CASTS.items():
         if config.get(key) is not None:

@@ -98,6 +98,19 @@ def test_pretrained_reads_a_diffusers_scheduler_folder(tmp_path):
     assert DiscreteSchedule(prediction_type="epsilon").prediction_type == "eps"
 
 
+def test_keys_missing_from_a_file_take_diffusers_defaults(tmp_path):
+    cfg = tmp_path / "scheduler_config.json"
+    # Stable Diffusion 1.5's file: no prediction_type (diffusers then assumes epsilon)
+    cfg.write_text(json.dumps({"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+                               "beta_schedule": "scaled_linear", "skip_prk_steps": True, "trained_betas": None}))
+    s = DiscreteSchedule(pretrained=str(cfg))
+    assert s.prediction_type == "eps" and s.num_train_timesteps == 1000
+    cfg.write_text("{}")
+    bare = DiscreteSchedule(pretrained=str(cfg))
+    ref = DDPMScheduler.from_pretrained(str(tmp_path)).alphas_cumprod.double()  # diffusers reads the same file
+    torch.testing.assert_close(bare.alphas_cumprod(), ref, rtol=2e-5, atol=1e-7)
+
+
 def test_bad_configs_name_the_file_and_setting(tmp_path):
     with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
         DiscreteSchedule(pretrained=str(tmp_path / "nowhere"))
