@@ -65,7 +65,7 @@ def test_transformer_equals_transformer_2d_model(linear):
     b, t = 2, 3  # cross-attention runs per clip over all its frames at once
     x, ctx = torch.randn(b * t, 32, 4, 4), torch.randn(b, 6, 24)
     with torch.no_grad():
-        theirs = ref(x, encoder_hidden_states=ctx.repeat_interleave(t, dim=0)).sample
+        theirs = ref(x, encoder_hidden_states=ctx.repeat_interleave(t, dim=0), return_dict=False)[0]
         torch.testing.assert_close(ours(x, ctx, None, b), theirs, atol=1e-5, rtol=1e-5)
 
 
