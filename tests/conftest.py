@@ -75,10 +75,15 @@ def build_tiny_sd(root: Path, kind: str, seed: int = 0) -> Path:
     unet/ (UNet2DConditionModel), scheduler/ (PNDMScheduler, SD's betas), text_encoder/ (CLIPTextModel),
     tokenizer/, vae/ (AutoencoderKL, spatial factor 2) and model_index.json, as diffusers saves them.
     """
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG stream as it was
+        torch.manual_seed(seed)
+        return _build_tiny_sd(root, kind)
+
+
+def _build_tiny_sd(root: Path, kind: str) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    torch.manual_seed(seed)
     UNet2DConditionModel(**TINY_UNETS[kind]).save_pretrained(root / "unet")
     PNDMScheduler(**SD_SCHEDULE, prediction_type=PREDICTION[kind], skip_prk_steps=True,
                   steps_offset=1).save_pretrained(root / "scheduler")
