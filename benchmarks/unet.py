@@ -359,18 +359,28 @@ def measure_sampling(
 CATEGORIES = (
     ("attention", ("attention", "flash", "fmha", "sdpa", "softmax")),
     ("conv", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "cudnn")),
-    ("matmul", ("gemm", "mm", "matmul", "linear", "cutlass", "xmma", "gemv")),
+    ("matmul", ("gemm", "aten::mm", "aten::bmm", "addmm", "matmul", "linear", "cutlass", "xmma", "gemv")),
     ("norm", ("norm", "var_mean", "welford")),
-    ("copy/layout", ("copy", "clone", "contiguous", "transpose", "permute", "cat", "catarray", "_to_copy")),
+    ("copy/layout", ("copy", "clone", "contiguous", "aten::cat", "catarray")),
     ("optimizer", ("adam", "foreach")),
     ("fused (compiled)", ("triton",)),
     ("elementwise", ("elementwise", "vectorized", "add", "mul", "silu", "gelu", "where", "fill", "sub", "div",
-                     "sigmoid", "masked", "reduce", "sum", "mean", "exp", "neg", "pow")),
+                     "sigmoid", "masked", "reduce", "sum", "mean", "exp", "neg", "pow", "lerp", "sqrt", "clamp",
+                     "bernoulli", "dropout", "zero")),
 )
+# aten ops that move no data (views, allocation, scalar reads): their self time is host overhead
+HOST_OPS = {
+    "as_strided", "transpose", "t", "view", "reshape", "_reshape_alias", "permute", "squeeze", "unsqueeze",
+    "select", "slice", "expand", "empty", "empty_strided", "resize_", "alias", "detach", "unflatten", "flatten",
+    "split", "chunk", "unbind", "item", "_local_scalar_dense", "to", "lift_fresh", "_unsafe_view", "narrow",
+}
 
 
 def categorise(name: str) -> str:
+    """Kind of work of a profiler entry (an aten op on CPU, a kernel on CUDA), from its name."""
     low = name.lower()
+    if low.startswith("aten::") and low[len("aten::"):] in HOST_OPS:
+        return "views/alloc (host)"
     for category, words in CATEGORIES:
         if any(w in low for w in words):
             return category
@@ -397,8 +407,14 @@ def profile_step(model, optimizer, forward, shape, batch, device, amp_dtype, see
         synchronize(device)
     events = prof.key_averages()
     on_device = device.type == "cuda"
-    sort_key = "self_cuda_time_total" if on_device else "self_cpu_time_total"
-    table_path.write_text(events.table(sort_by=sort_key, row_limit=60))
+    keys = ("self_device_time_total", "self_cuda_time_total") if on_device else ("self_cpu_time_total",)
+    for key in keys:  # the device key's name changed across torch versions
+        try:
+            table = events.table(sort_by=key, row_limit=60)
+            break
+        except (AttributeError, KeyError, ValueError):
+            table = events.table(row_limit=60)
+    table_path.write_text(table)
 
     def self_time(evt) -> float:
         if on_device:
@@ -574,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         variants += [v for v in ("diffusers-compile", "ours-compile") if v not in variants]
     if "diffusers" not in variants:
-        variants.insert(0, "diffusers")  # every ratio needs the reference from the same run
+        variants.append("diffusers")  # every ratio needs the reference from the same run
     if not any(VARIANTS[v][0] == "ours" for v in variants):
         variants.append("ours")
     train_dtype = torch.bfloat16 if on_cuda else None  # autocast dtype; None = float32
@@ -626,12 +642,18 @@ def main(argv: list[str] | None = None) -> dict:
                           tflops=matmul_peak(device, peak_dtype, peak_n))
     peak = report["peak"]["tflops"]
 
-    plan = [(v, b) for kind in ("diffusers", "ours") for v in variants if VARIANTS[v][0] == kind
-            for b in args.batch_sizes]
-    bar = tqdm(total=len(plan) + (0 if args.no_sample else 2), desc="unet benchmark", file=sys.stderr)
+    def save() -> None:
+        """Rewrite the JSON after every measurement: a run cut short keeps what it measured."""
+        report["summary"] = summarise(report)
+        write_json(args.out, report)
+
+    kinds = list(dict.fromkeys(VARIANTS[v][0] for v in variants))  # networks in the order first named
+    plan = [(v, b) for kind in kinds for v in variants if VARIANTS[v][0] == kind for b in args.batch_sizes]
+    bar = tqdm(total=len(plan) + (0 if args.no_sample else 2), desc="unet benchmark", file=sys.stderr,
+               disable=None)  # a bar on terminals, quiet in logs
     model_flops: dict[tuple[str, int], float] = {}
     profiles: dict[str, dict] = {}
-    for kind in ("diffusers", "ours"):
+    for kind in kinds:
         kind_variants = [v for v in variants if VARIANTS[v][0] == kind]
         if not kind_variants:
             continue
@@ -643,7 +665,10 @@ def main(argv: list[str] | None = None) -> dict:
         compiled_diffusers = None
         for variant in kind_variants:
             settings = VARIANTS[variant][1]
+            layout = getattr(model, "channels_last", None)
             error = configure(model, kind, settings, args.compile_mode)
+            if getattr(model, "channels_last", None) != layout:
+                optimizer.state.clear()  # AdamW re-creates its moments in the parameters' new layout
             run_model = model
             if kind == "diffusers" and settings.get("compile"):
                 compiled_diffusers = compiled_diffusers or torch.compile(model, mode=args.compile_mode)
@@ -654,6 +679,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row: dict = dict(variant=variant, model=kind, settings=settings)
                 if error is not None:
                     report["train"].append(dict(row, batch=batch, error=error))
+                    save()
                     bar.update()
                     continue
                 inputs = inputs_for(shape, batch, device, args.seed)
@@ -673,8 +699,10 @@ def main(argv: list[str] | None = None) -> dict:
                     row.update(batch=batch, error=f"out of memory: {str(err)[:120]}")
                     optimizer.zero_grad(set_to_none=True)
                     gc.collect()
-                    torch.cuda.empty_cache() if on_cuda else None
+                    if on_cuda:
+                        torch.cuda.empty_cache()
                     report["train"].append(row)
+                    save()
                     bar.update()
                     continue
                 # model FLOPs: those of the plain (not recomputing) step of the same network
@@ -684,13 +712,19 @@ def main(argv: list[str] | None = None) -> dict:
                 row["tflops"] = row["model_flops"] / row["step_s"] / 1e12
                 row["mfu"] = row["tflops"] / peak if peak else None
                 report["train"].append(row)
+                save()
                 bar.update()
-        configure(model, kind, {}, None)
+        layout = getattr(model, "channels_last", None)
+        configure(model, kind, {}, None)  # the default network for the profile and sampling
+        if getattr(model, "channels_last", None) != layout:
+            optimizer.state.clear()
         if args.profile:
             out_dir = args.out.parent
             out_dir.mkdir(parents=True, exist_ok=True)
             profiles[kind] = profile_step(model, optimizer, forward, shape, max(args.batch_sizes), device,
                                           train_dtype, args.seed, out_dir / f"profile_{kind}.txt")
+            report["profile"] = profiles
+            save()
         del optimizer
         gc.collect()
         if not args.no_sample:
@@ -702,18 +736,17 @@ def main(argv: list[str] | None = None) -> dict:
                 try:
                     row = measure_sampling(model, kind, shape, device, sample_dtype, sample_steps, args.seed)
                     report["sample"].append(dict(variant=variant, model=kind, **row))
+                    save()
                 except (torch.OutOfMemoryError, FloatingPointError) as err:
                     report["sample"].append(dict(variant=variant, model=kind, error=str(err)[:200]))
+                    save()
             bar.update()
         del model, compiled_diffusers
         gc.collect()
         if on_cuda:
             torch.cuda.empty_cache()
     bar.close()
-    if profiles:
-        report["profile"] = profiles
-    report["summary"] = summarise(report)
-    write_json(args.out, report)
+    save()
     print_table(report)
     print(f"\nwrote {args.out}")
     return report

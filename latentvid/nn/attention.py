@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 BACKENDS: tuple[str, ...] = ("xformers", "sdpa", "math")
 """Backends in order of preference; ``"math"`` is last and always works."""
 
+MAX_GROUPED_HEADS = 65535
+"""Most (groups x heads) one grouped attention call takes: CUDA's fused kernels put the head index
+on a grid axis limited to 65535 blocks; more groups run in chunks."""
+
 _Impl = Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor | None], Tensor]
 _SettingKey = tuple[str, torch.dtype, bool, bool]  # (device type, dtype, has mask, has bias)
 
@@ -358,6 +362,19 @@ class MultiHeadAttention(nn.Module):
         if self.is_cross:
             raise ValueError("forward_grouped is self-attention; this module was built for cross-attention")
         n, length, groups, dim = x.shape
+        if groups * self.heads > MAX_GROUPED_HEADS:  # e.g. temporal attention on a 128 x 128 grid
+            step = max(1, MAX_GROUPED_HEADS // self.heads)
+            chunks = []
+            for start in range(0, groups, step):
+                stop = min(start + step, groups)
+
+                def heads_of(t: Tensor | None) -> Tensor | None:  # this chunk's slice of a per-head tensor
+                    if t is None or t.shape[1] == 1:
+                        return t
+                    return t[:, start * self.heads : stop * self.heads]
+
+                chunks.append(self.forward_grouped(x[:, :, start:stop], heads_of(mask), heads_of(bias)))
+            return torch.cat(chunks, dim=2)  # (N, L, S, dim)
         split = self.to_qkv(x).unflatten(-1, (self.heads, 3, self.head_dim))  # (N, L, S, h, 3, d)
         q, k, v = (split[..., i, :].flatten(2, 3).transpose(1, 2) for i in range(3))  # (N, S*h, L, d) views
         out = attention(q, k, v, mask=mask, bias=bias, backend=self.backend)  # (N, S*h, L, d)

@@ -490,3 +490,18 @@ def test_attention_inside_torch_compile_uses_sdpa_without_probing(monkeypatch):
     out = attention(q, k, v, mask=mask, bias=bias)
     assert calls == ["sdpa"] and not attn_mod._auto_choice  # no probe ran
     np.testing.assert_allclose(out.numpy(), reference_attention(q, k, v, mask, bias), atol=1e-5)
+
+
+def test_temporal_attention_splits_more_groups_than_the_cuda_grid_takes(monkeypatch):
+    torch.manual_seed(0)
+    block = TemporalAttention(16, head_dim=8, max_distance=2)
+    randomise_temporal(block)
+    frame_mask = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    x = torch.randn(2, 16, 5, 3, 3).contiguous(memory_format=torch.channels_last_3d)
+    whole = block(x, frame_mask)
+    calls = []
+    real = attn_mod.attention
+    monkeypatch.setattr(attn_mod, "attention", lambda q, *a, **k: calls.append(q.shape[1]) or real(q, *a, **k))
+    monkeypatch.setattr(attn_mod, "MAX_GROUPED_HEADS", 8)  # 9 positions x 2 heads -> chunks of 4 positions
+    torch.testing.assert_close(block(x, frame_mask), whole, atol=1e-6, rtol=1e-6)
+    assert calls == [8, 8, 2]

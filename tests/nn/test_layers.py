@@ -345,3 +345,22 @@ def test_feed_forward_is_a_per_token_geglu_with_residual():
     torch.testing.assert_close(ff(x), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="mult"):
         FeedForward(6, mult=0)
+
+
+@pytest.mark.gpu
+def test_frame_group_norm_on_cuda_keeps_channels_last_and_matches_torch():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(0)
+    norm = FrameGroupNorm(4, 32).cuda()
+    with torch.no_grad():
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    x = (torch.randn(2, 32, 3, 8, 8, device="cuda") * 2 + 1).contiguous(memory_format=CL)
+    out = norm(x)  # the layout-keeping decomposition (CUDA's own kernel would copy)
+    assert is_channels_last(out)
+    ref = per_frame(lambda f: F.group_norm(f.contiguous(), 4, norm.weight, norm.bias, norm.eps), x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = norm(x.bfloat16())
+    assert low.dtype == torch.bfloat16 and ((low.float() - ref).norm() / ref.norm()) < 1e-2

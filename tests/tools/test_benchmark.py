@@ -146,6 +146,9 @@ def test_profile_categories(bench):
     assert bench.categorise("aten::copy_") == "copy/layout"
     assert bench.categorise("triton_poi_fused_add_silu_0") == "fused (compiled)"
     assert bench.categorise("void at::native::vectorized_elementwise_kernel<4, silu>") == "elementwise"
+    assert bench.categorise("aten::transpose") == "views/alloc (host)"
+    assert bench.categorise("aten::addmm") == bench.categorise("aten::mm") == "matmul"
+    assert bench.categorise("aten::scatter") == "other"  # not a cat
 
 
 def test_help_lists_the_options():
