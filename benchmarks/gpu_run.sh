@@ -65,7 +65,7 @@ phase "environment" | tee "$OUT/env_tests.txt"
 
 phase "eager benchmark: diffusers vs ours, batch 1 and 4, profile"
 timeout 210 python3 tools/benchmark.py unet \
-    --variants diffusers diffusers-ckpt ours ours-ckpt ours-ckpt-attn ours-nchw \
+    --variants diffusers diffusers-ckpt ours ours-ckpt ours-ckpt-attn ours-nchw ours-gn-native \
     --batch-sizes 1 4 --steps 10 --warmup 3 --sample-steps 20 --profile \
     --out "$OUT/unet.json" $EXTRA 2>&1 | tee "$OUT/unet.txt"
 echo "exit status ${PIPESTATUS[0]}" | tee -a "$OUT/unet.txt"

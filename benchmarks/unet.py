@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from latentvid.diffusion import CosineSchedule, classifier_free_guidance, cosine_t_from_logsnr, prediction_to_x0
 from latentvid.diffusion import alpha_sigma, sample_ddim
+from latentvid.nn.layers import FrameGroupNorm
 from latentvid.nn.unet3d import UNet3D
 
 # diffusers' UNet3DConditionModel arguments of damo-vilab/text-to-video-ms-1.7b (unet/config.json)
@@ -95,6 +96,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ours-ckpt": ("ours", {"gradient_checkpointing": "block"}),
     "ours-ckpt-attn": ("ours", {"gradient_checkpointing": "attention"}),
     "ours-nchw": ("ours", {"channels_last": False}),
+    "ours-gn-native": ("ours", {"group_norm": "native"}),  # CUDA's GroupNorm kernel on channels-last
     "ours-compile": ("ours", {"use_compile": True}),
     "ours-compile-ckpt": ("ours", {"use_compile": True, "gradient_checkpointing": "block"}),
 }
@@ -172,6 +174,7 @@ def configure(model: torch.nn.Module, kind: str, settings: dict, compile_mode: s
             except (ValueError, NotImplementedError) as err:  # ModelScope's U-Net refuses it
                 return f"{type(err).__name__}: {err}"
         return None
+    FrameGroupNorm.cuda_channels_last_kernel = settings.get("group_norm", "decomposed")
     model.gradient_checkpointing = settings.get("gradient_checkpointing", "none")
     model.use_compile = settings.get("use_compile", False)
     model.compile_mode = compile_mode

@@ -111,14 +111,18 @@ class FrameGroupNorm(nn.GroupNorm):
 
     Folding T into the batch keeps one frame's normalisation independent of the others (a masked
     frame cannot shift a valid frame's mean) and makes a T-frame clip behave like T images.
-    Channels-last input is normalised in place of layout (on CUDA through
-    :func:`group_norm_channels_last`, whose output keeps the input dtype also under autocast).
+    Channels-last input keeps its layout: on CUDA through :func:`group_norm_channels_last`
+    (whose output keeps the input dtype, also under autocast), unless the class attribute
+    ``cuda_channels_last_kernel`` is set to ``"native"`` (CUDA's kernel, with its layout copies;
+    ``tools/benchmark.py unet --variants ours-gn-native`` measures the two).
 
     Args:
         num_groups: number of channel groups; must divide ``num_channels``.
         num_channels: feature channels C.
         eps: added to the variance.
     """
+
+    cuda_channels_last_kernel = "decomposed"  # or "native"
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5) -> None:
         if num_groups <= 0 or num_channels % num_groups:
@@ -128,7 +132,7 @@ class FrameGroupNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, T, H, W) -> (B, C, T, H, W), in x's layout when x is channels-last."""
         frames = frames_view(x)  # (B*T, C, H, W): a view if channels-last, else a copy
-        if x.is_cuda and is_channels_last(x):
+        if x.is_cuda and is_channels_last(x) and self.cuda_channels_last_kernel != "native":
             # CUDA's native kernel would copy to (N, C, H, W) order and answer in that order
             out = group_norm_channels_last(frames, self.num_groups, self.weight, self.bias, self.eps)
         else:
