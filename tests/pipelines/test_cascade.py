@@ -114,3 +114,23 @@ def test_sample_tool_runs_the_cascade(tiny_cascade, tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "TSR stage 'tsr' expects 8x8 input" in res.stderr and not (tmp_path / "x.mp4").exists()
+
+
+def test_recipes_build_and_cascade_yaml_names_their_checkpoints():
+    from unittest import mock
+
+    from latentvid.cli import LatentVidCLI
+    from latentvid.models.super_resolution import SpatialSuperResolution, TemporalSuperResolution
+
+    cascade = load_config(ROOT / "configs" / "cascade.yaml")
+    named = {s.name: s.ckpt for s in cascade.stages}
+    for name, cls in (("tsr", TemporalSuperResolution), ("ssr", SpatialSuperResolution)):
+        recipe = ROOT / "configs" / f"{name}.yaml"
+        with mock.patch.object(sys, "argv", ["latentvid"]):
+            cli = LatentVidCLI(args=["-c", str(recipe)], run=False)
+        assert isinstance(cli.model, cls)
+        raw = yaml.safe_load(recipe.read_text())
+        ckpt_cb = next(c for c in raw["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint"))
+        assert named[name] == f"{ckpt_cb['init_args']['dirpath']}/last.ckpt"
+        # last.ckpt is only written at checkpoint steps: the final step must be one
+        assert raw["trainer"]["max_steps"] % ckpt_cb["init_args"]["every_n_train_steps"] == 0
