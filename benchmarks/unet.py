@@ -744,7 +744,7 @@ def main(argv: list[str] | None = None) -> dict:
                     report["sample"].append(dict(variant=variant, model=kind, error=str(err)[:200]))
                     save()
             bar.update()
-        del model, compiled_diffusers
+        del model, run_model, compiled_diffusers
         gc.collect()
         if on_cuda:
             torch.cuda.empty_cache()
