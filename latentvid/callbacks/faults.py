@@ -6,6 +6,8 @@
   just before a chosen training step (tests exact resume after a crash).
 * :class:`CrashingCheckpointIO` is an :class:`~latentvid.callbacks.checkpoint_io.AtomicCheckpointIO`
   that dies, or raises, half way through writing its n-th checkpoint (tests crash-safe saving).
+* :class:`RecordingCheckpointIO` notes every file it writes, with the writing process (shows that
+  only one rank writes under DDP).
 
 Steps are counted like ``trainer.global_step`` after the step: step 1 is the first optimiser step.
 Nothing here belongs in a real recipe.
@@ -14,6 +16,7 @@ Nothing here belongs in a real recipe.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal as signals
 from typing import IO, Any, Literal
@@ -97,3 +100,18 @@ class CrashingCheckpointIO(AtomicCheckpointIO):
         if self.mode == "kill":
             os.kill(os.getpid(), signals.SIGKILL)
         raise OSError(f"injected failure after {int(len(data) * self.fraction)} of {len(data)} bytes")
+
+
+class RecordingCheckpointIO(AtomicCheckpointIO):
+    """Write checkpoints atomically and append ``{"path", "pid", "rank"}`` per write to ``log_file``
+    (``rank`` from the ``RANK`` / ``LOCAL_RANK`` environment variables launchers set)."""
+
+    def __init__(self, log_file: str) -> None:
+        super().__init__()
+        self.log_file = log_file
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        super().save_checkpoint(checkpoint, path, storage_options)
+        rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+        with open(self.log_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"path": str(path), "pid": os.getpid(), "rank": int(rank)}) + "\n")

@@ -2,9 +2,9 @@
 
 Schedulers warn before they kill: SLURM sends the signal named by ``#SBATCH --signal=USR1@90``
 (and SIGTERM at the end of the grace period), Kubernetes and torchrun's agent send SIGTERM. The
-signal handler only records the signal; at the end of the next training batch every rank agrees
-(an all-reduce, so a signal that reached one rank stops all of them at the same step), the
-checkpoint ``<checkpoint dir>/last.ckpt`` is written (the folder of the first ModelCheckpoint,
+signal handler only records the signal (a second one ends the process at once, for a step that
+never ends); at the end of the next training batch every rank agrees (an all-reduce, so a signal
+that reached one rank stops all of them at the same step), the checkpoint ``<checkpoint dir>/last.ckpt`` is written (the folder of the first ModelCheckpoint,
 so ``--ckpt_path last`` finds it) and training ends through Lightning's ``SIGTERMException``,
 whose exit status is 0. Saving at a batch boundary, not inside the handler, means the checkpoint
 never holds a half-applied optimiser step.
@@ -97,11 +97,16 @@ class Preemption(Callback):
 
     # ---- handlers -------------------------------------------------------------------------
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signal.Signals(signum)
+        if self.received is not None:
+            # a second signal: the step does not end (a hang?) or the sender insists; die as if unhandled
+            log.warning("received %s again: exiting without a checkpoint", signal.Signals(signum).name)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signal.Signals(signum)
         # only note it: the checkpoint is written at the next batch boundary, not in the middle of a step
-        log.info("received %s: will save a checkpoint and stop after the current training step",
-                 signal.Signals(signum).name)
+        log.info("received %s: will save a checkpoint and stop after the current training step (send it again "
+                 "to exit at once)", self.received.name)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # after Lightning's own handlers are installed (just before the fit loop runs), so ours win

@@ -83,3 +83,19 @@ def test_slurm_job_id_of_array_jobs() -> None:
     assert slurm_job_id({"SLURM_JOB_ID": "7"}) == "7"
     assert slurm_job_id({"SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3"}) == "5_3"
     assert slurm_job_id({}) is None
+
+
+def test_a_second_signal_ends_the_process_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import latentvid.callbacks.preemption as module
+
+    sent = []
+    monkeypatch.setattr(module.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    previous = signal.getsignal(signal.SIGUSR2)
+    try:
+        cb = Preemption(signals=["SIGUSR2"])
+        cb._handler(signal.SIGUSR2, None)
+        assert cb.received == signal.SIGUSR2 and sent == []  # the first one only takes note
+        cb._handler(signal.SIGUSR2, None)
+        assert sent == [(os.getpid(), signal.SIGUSR2)] and signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
