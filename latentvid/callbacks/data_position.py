@@ -9,15 +9,17 @@ resumed run continues with the next unseen draw. A position at the end of an epo
 short by ``limit_train_batches``) is saved as the start of the next epoch, which is where
 Lightning resumes.
 
-Training loaders without a resumable sampler (an IterableDataset stream, a custom sampler) are
-reported once at the start of training: a run resumed mid-epoch replays their epoch from the start.
+Streams resume through their own state (:class:`latentvid.data.video_text.VideoTextDataModule`
+saves the shards / row blocks consumed in the epoch and a resumed stream, reseeded by (seed,
+epoch), leaves them out). Any other training loader that saves no position is reported once at
+the start of training: a run resumed mid-epoch replays its epoch from the start.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -57,13 +59,17 @@ class DataPosition(Callback):
         self._warned = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # streams (IterableDataset) resume through their own state: the loader's or the datamodule's
+        # (latentvid.data.video_text.VideoTextDataModule saves the units consumed per epoch)
+        dm = trainer.datamodule
+        dm_stateful = dm is not None and type(dm).state_dict is not LightningDataModule.state_dict
         plain = [type(dl).__name__ for dl in train_loaders(trainer) if resumable_sampler(dl) is None
-                 and not (isinstance(dl, DataLoader) and isinstance(dl.dataset, IterableDataset)
-                          and hasattr(dl, "state_dict"))]
+                 and not hasattr(dl, "state_dict")
+                 and not (isinstance(getattr(dl, "dataset", None), IterableDataset) and dm_stateful)]
         if plain and not self._warned:
             self._warned = True
-            rank_zero_warn(f"training loader(s) {plain} have no ResumableSampler: a run resumed in the middle of an "
-                           "epoch starts that epoch's data again (see latentvid.data.sampler)")
+            rank_zero_warn(f"training loader(s) {plain} save no data position: a run resumed in the middle of an "
+                           "epoch starts that epoch's data again (use latentvid.data.sampler.ResumableSampler)")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

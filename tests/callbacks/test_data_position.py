@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
 
 from latentvid.callbacks.data_position import DataPosition
 from latentvid.callbacks.rng import RNGState
@@ -72,3 +74,14 @@ def test_without_the_callback_a_resumed_epoch_starts_over(reference, tiny_fit, t
     tiny_fit(tmp_path / "a", _callbacks(data_position=False), 3, **KW)  # saves no position
     resumed, _ = tiny_fit(tmp_path / "b", _callbacks(), 5, ckpt_path=str(tmp_path / "a/checkpoints/step=3.ckpt"), **KW)
     assert resumed.seen[0] == ref.seen[0] != ref.seen[3]  # what the callback prevents
+
+
+def test_a_loader_that_saves_no_position_is_reported(tmp_path: Path, tiny_fit, monkeypatch) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module, _ = tiny_fit(tmp_path / "ok", [DataPosition()], 1)
+    assert not [w for w in caught if "save no data position" in str(w.message)]
+    original = type(module).train_dataloader  # the same data through a plain DataLoader
+    monkeypatch.setattr(type(module), "train_dataloader", lambda self: DataLoader(original(self).dataset, batch_size=4))
+    with pytest.warns(UserWarning, match=r"\['DataLoader'\] save no data position"):
+        tiny_fit(tmp_path / "plain", [DataPosition()], 1)

@@ -92,3 +92,18 @@ def test_ranks_get_their_own_streams_and_a_world_size_change_reseeds(monkeypatch
     cb.load_state_dict({"ranks": [capture_rng_state()] * 2})
     with pytest.warns(UserWarning, match="2 processes, this run has 3"):
         cb.on_train_start(_fake_trainer(1, 3, step=9), None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_generator_states_are_captured_and_restored() -> None:
+    torch.cuda.manual_seed_all(3)
+    torch.rand(1, device="cuda")  # initialise CUDA and move its generator on
+    state = capture_rng_state()
+    assert len(state["cuda"]) == torch.cuda.device_count()
+    expected = torch.randn(8, device="cuda").cpu()
+    torch.randn(8, device="cuda")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    restore_rng_state(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert torch.equal(torch.randn(8, device="cuda").cpu(), expected)
