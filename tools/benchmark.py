@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 BENCHMARKS = {
     "unet": "our 3D U-Net vs diffusers' UNet3DConditionModel: train step, sampling, TFLOP/s, MFU, memory",
     "data": "decoded clips/s for the decord and PyAV readers, from a folder and from webdataset shards",
+    "resilience": "step-time cost of the resume/NaN-guard/preemption callbacks, atomic vs Lightning checkpoint writes",
 }
 
 

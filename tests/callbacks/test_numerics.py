@@ -118,7 +118,8 @@ class GradNormReference(Callback):
 
 def test_grad_norm_is_logged_before_clipping(tmp_path, tiny_shapes, tiny_diffusion) -> None:
     ref = GradNormReference()
-    _fit(tmp_path, tiny_shapes, tiny_diffusion, [NumericalGuard(), ref], max_steps=3, gradient_clip_val=1e-3)
+    _fit(tmp_path, tiny_shapes, tiny_diffusion, [NumericalGuard(), ref], max_steps=3, gradient_clip_val=1e-3,
+         log_every_n_steps=1)
     for reference, logged in ref.norms:
         assert logged == pytest.approx(reference, rel=1e-4) and logged > 1e-3  # the norm before clipping
 
