@@ -16,7 +16,7 @@ Reconstruction / super-resolution outputs against their references, paired by fi
 A super-resolution stage (SSR / TSR) on held-out clips: each clip is degraded as in training
 (downsampled in space / every f-th frame kept), super-resolved, and scored against the original
 next to the plain baseline (bicubic upsampling for SSR, repeated frames for TSR, scored on the frames
-between the input frames):
+between the input frames); PSNR per clip, averaged over clips:
     python tools/evaluate.py --sr-ckpt runs/ssr/checkpoints/last.ckpt --real data/shapes-64/heldout.jsonl
 
 Metrics: probe = shapes probe accuracy (colour, shape, direction, all; needs shapes captions);
@@ -537,6 +537,25 @@ def sr_baseline(model: Any, low: torch.Tensor) -> tuple[str, torch.Tensor]:
     raise EvalError(f"--sr-ckpt needs an SSR or TSR checkpoint, got a {type(model).__name__}")
 
 
+def _sr_metrics(args: argparse.Namespace) -> dict[str, Metric]:
+    """PSNR per clip (the MSE over all its scored frames: a static frame copied exactly would make a
+    per-frame PSNR infinite), SSIM per frame as for --generated."""
+    import torch
+    from torchmetrics.image import PeakSignalNoiseRatio
+
+    metrics = build_metrics(args, 1)
+    if "psnr" in metrics:
+        metrics["psnr"] = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3, 4)).to(torch.device(args.device))
+    return metrics
+
+
+def _sr_inputs(name: str, video: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, T, H, W) in [-1, 1] -> what metric ``name`` takes: clips (psnr) or frames (ssim) in [0, 1]."""
+    if name == "psnr":
+        return ((video.float() + 1) / 2).clamp(0, 1), ((ref.float() + 1) / 2).clamp(0, 1)
+    return video_frames_01(video), video_frames_01(ref)
+
+
 def _new_frames(model: Any, num_frames: int) -> list[int]:
     """Frames an SR stage is scored on: all for SSR; for TSR those between the input frames (the
     repeated-frame baseline copies the others exactly, an infinite PSNR)."""
@@ -555,8 +574,8 @@ def _real_with_captions(source: str) -> list[tuple[Path, str]]:
 def evaluate_sr(args: argparse.Namespace) -> dict[str, Any]:
     """Score an SR stage on degraded --real clips against the originals, beside its plain baseline.
 
-    SSR is scored on every frame, TSR on the frames between its input frames. Clip batch j is
-    sampled with seed ``--seed + j``. Reports psnr / ssim of the stage and of the
+    SSR is scored on every frame, TSR on the frames between its input frames; PSNR is per clip
+    (averaged over clips), SSIM per frame. Clip batch j is sampled with seed ``--seed + j``. Reports psnr / ssim of the stage and of the
     baseline (``psnr_bicubic`` ...) and the gain in PSNR."""
     import torch
 
@@ -578,8 +597,7 @@ def evaluate_sr(args: argparse.Namespace) -> dict[str, Any]:
     if not items:
         raise EvalError(f"no clips in --real {args.real}")
     args.metric_names = names
-    ours = build_metrics(args, 1)
-    base = build_metrics(args, 1)
+    ours, base = _sr_metrics(args), _sr_metrics(args)
     out = Path(args.save_videos) if args.save_videos else None
     report: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "metric_names"}, "metrics": {},
                               "checkpoint": {"path": str(Path(args.sr_ckpt).resolve()),
@@ -600,8 +618,8 @@ def evaluate_sr(args: argparse.Namespace) -> dict[str, Any]:
         baseline, plain = sr_baseline(model, low)
         new = _new_frames(model, truth.shape[2])  # TSR: only the frames it had to invent
         for name in names:
-            ours[name].update(video_frames_01(sr[:, :, new]), video_frames_01(truth[:, :, new]))
-            base[name].update(video_frames_01(plain[:, :, new]), video_frames_01(truth[:, :, new]))
+            ours[name].update(*_sr_inputs(name, sr[:, :, new], truth[:, :, new]))
+            base[name].update(*_sr_inputs(name, plain[:, :, new], truth[:, :, new]))
         for i, path in enumerate(batch.paths):
             report["videos"].append({"name": path.name, "caption": batch.captions[i], "seed": args.seed + j})
             if out is not None:

@@ -60,9 +60,9 @@ def ssr_ckpt(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def numpy_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over frames of the PSNR (dB) of [0, 1] images; a, b (N, 3, T, H, W) in [-1, 1]."""
+    """Mean over clips of the PSNR (dB) of [0, 1] pixels; a, b (N, 3, T, H, W) in [-1, 1]."""
     a, b = np.clip((a + 1) / 2, 0, 1), np.clip((b + 1) / 2, 0, 1)
-    mse = ((a - b) ** 2).mean(axis=(1, 3, 4))  # (N, T)
+    mse = ((a - b) ** 2).mean(axis=(1, 2, 3, 4))  # (N,)
     return float((10 * np.log10(1.0 / mse)).mean())
 
 
