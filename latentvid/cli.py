@@ -67,7 +67,8 @@ def find_last_checkpoint(folders: list[str | os.PathLike]) -> Path | None:
     for folder in folders:
         root = Path(folder)
         if root.is_dir():
-            found += [p for p in root.rglob("last*.ckpt") if p.is_file() and TMP_MARKER not in p.name]
+            # a sharded (FSDP) checkpoint is a folder named like a file
+            found += [p for p in root.rglob("last*.ckpt") if TMP_MARKER not in p.name and not p.name.startswith(".")]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -170,11 +171,12 @@ class LatentVidCLI(LightningCLI):
         recorder's files and ModelCheckpoint's keep-N bookkeeping continue in one place."""
         ckpt = self.config_init[self.subcommand].get("ckpt_path")
         logger = self.trainer.logger
-        if not ckpt or not Path(ckpt).is_file() or logger is None:
+        if not ckpt or not Path(ckpt).exists() or logger is None:
             return
         version = _run_version(self.trainer, Path(ckpt).absolute())
         # only a logger that has not fixed (or created) its version yet; _version is None until then
-        if version is not None and getattr(logger, "_version", 0) is None and getattr(logger, "_experiment", None) is None:
+        fresh = getattr(logger, "_version", 0) is None and getattr(logger, "_experiment", None) is None
+        if version is not None and fresh:
             logger._version = version
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             rank_zero_info(f"continuing in the run folder {Path(ckpt).absolute().parents[1]}")

@@ -64,7 +64,7 @@ def check_clip_shape(where: str, num_frames: int | None, height: int | None, wid
 def _check_paths(datamodule: Any, ckpt_path: str | None) -> list[str]:
     problems = []
     if ckpt_path and ckpt_path not in SPECIAL_CKPT_PATHS and "://" not in str(ckpt_path) \
-            and not Path(ckpt_path).is_file():
+            and not Path(ckpt_path).exists():  # a sharded (FSDP) checkpoint is a folder
         problems.append(f"ckpt_path: checkpoint file {ckpt_path} does not exist")
     if datamodule is None:
         return problems

@@ -34,11 +34,13 @@ def _run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple
 def test_every_run_gets_the_resilience_callbacks_and_atomic_checkpoints(tmp_path: Path) -> None:
     cli = LatentVidCLI(args=["-c", str(TINY), "--trainer.default_root_dir", str(tmp_path),
                              "--numerics.policy", "stop", "--preemption.signals", "[SIGUSR2]"], run=False)
-    ours = [type(cb) for cb in cli.trainer.callbacks if type(cb) in (DataPosition, RNGState, NumericalGuard, Preemption)]
+    defaults = (DataPosition, RNGState, NumericalGuard, Preemption)
+    ours = [type(cb) for cb in cli.trainer.callbacks if type(cb) in defaults]
     assert ours == [DataPosition, RNGState, NumericalGuard, Preemption]  # recorded before preemption may save
     guard = next(cb for cb in cli.trainer.callbacks if isinstance(cb, NumericalGuard))
     assert guard.policy == "stop"
-    assert [s.name for s in next(cb for cb in cli.trainer.callbacks if isinstance(cb, Preemption)).signals] == ["SIGUSR2"]
+    preemption = next(cb for cb in cli.trainer.callbacks if isinstance(cb, Preemption))
+    assert [s.name for s in preemption.signals] == ["SIGUSR2"]
     assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
     own = tmp_path / "own.yaml"  # a writer chosen in the config is kept
     own.write_text("trainer:\n  plugins:\n    - class_path: lightning.pytorch.plugins.io.TorchCheckpointIO\n")

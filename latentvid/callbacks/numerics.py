@@ -20,7 +20,8 @@ step and lowers the scale): only the loss is checked then. Under DDP / FSDP the 
 reduced over ranks, so every rank skips (or stops) together.
 
 ``train/grad_norm`` (the 2-norm of all gradients before clipping; clipping itself is
-``trainer.gradient_clip_val``) is logged every step when ``log_grad_norm`` is set.
+``trainer.gradient_clip_val``) is logged on logging steps when ``log_grad_norm`` is set; under
+FSDP it is the norm of this rank's shard.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def non_finite_tensors(state: dict[str, Any], limit: int = 5) -> list[str]:
     """Names of floating-point tensors in ``state`` holding NaN or inf (at most ``limit``)."""
     bad = []
     for name, value in state.items():
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+        # plain tensors only: a sharded (DTensor) value would need a collective to answer
+        if type(value) in (torch.Tensor, torch.nn.Parameter) and value.is_floating_point() \
+                and not torch.isfinite(value).all():
             bad.append(name)
             if len(bad) >= limit:
                 break

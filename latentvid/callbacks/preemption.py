@@ -4,9 +4,10 @@ Schedulers warn before they kill: SLURM sends the signal named by ``#SBATCH --si
 (and SIGTERM at the end of the grace period), Kubernetes and torchrun's agent send SIGTERM. The
 signal handler only records the signal (a second one ends the process at once, for a step that
 never ends); at the end of the next training batch every rank agrees (an all-reduce, so a signal
-that reached one rank stops all of them at the same step), the checkpoint ``<checkpoint dir>/last.ckpt`` is written (the folder of the first ModelCheckpoint,
-so ``--ckpt_path last`` finds it) and training ends through Lightning's ``SIGTERMException``,
-whose exit status is 0. Saving at a batch boundary, not inside the handler, means the checkpoint
+that reached one rank stops all of them at the same step), the checkpoint
+``<checkpoint dir>/last.ckpt`` is written (the folder of the first ModelCheckpoint, so
+``--ckpt_path last`` finds it) and training ends through Lightning's ``SIGTERMException``, whose
+exit status is 0. Saving at a batch boundary, not inside the handler, means the checkpoint
 never holds a half-applied optimiser step.
 
 SLURM auto-requeue: under Lightning's ``SLURMEnvironment(auto_requeue=True)`` (its default in a

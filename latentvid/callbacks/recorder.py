@@ -4,8 +4,9 @@
 
     {"step": 5, "epoch": 0, "batch_idx": 4, "rank": 0, "loss": 0.81, "keys": ["clip_003", ...]}
 
-a ``{"event": "start", ...}`` line when a process starts training, and, at each validation end, ``{"validation": true, "step": ..., "rank": ..., "metrics": {...},
-"batch_losses": [...]}`` with the synced ``val/*`` metrics and this rank's own batch losses.
+a ``{"event": "start", ...}`` line when a process starts training, and, at each validation end,
+``{"validation": true, "step": ..., "rank": ..., "metrics": {...}, "batch_losses": [...]}`` with
+the synced ``val/*`` metrics and this rank's own batch losses.
 Useful to audit data order across ranks and restarts, and what the resume tests compare. Files
 are appended to, so a resumed run continues the same file when it writes into the same folder.
 
