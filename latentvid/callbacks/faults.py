@@ -68,9 +68,12 @@ class KillAtStep(Callback):
         self.step = int(step)
         self.signal = signals.Signals[signal.upper()]
         self.rank = rank
+        self.sent = False
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step + 1 == self.step and trainer.global_rank == self.rank:
+        # once (with gradient accumulation a step spans several batches)
+        if trainer.global_step + 1 == self.step and trainer.global_rank == self.rank and not self.sent:
+            self.sent = True
             os.kill(os.getpid(), self.signal)
 
 

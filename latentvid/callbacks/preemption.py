@@ -8,7 +8,8 @@ that reached one rank stops all of them at the same step), the checkpoint
 ``<checkpoint dir>/last.ckpt`` is written (the folder of the first ModelCheckpoint, so
 ``--ckpt_path last`` finds it) and training ends through Lightning's ``SIGTERMException``, whose
 exit status is 0. Saving at a batch boundary, not inside the handler, means the checkpoint
-never holds a half-applied optimiser step.
+never holds a half-applied optimiser step; with gradient accumulation it waits for the end of
+the accumulation window (partial gradients are not saved in checkpoints).
 
 SLURM auto-requeue: under Lightning's ``SLURMEnvironment(auto_requeue=True)`` (its default in a
 SLURM job) this callback takes over the requeue signal from Lightning's handler (which saves
@@ -142,6 +143,9 @@ class Preemption(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        accumulate = max(1, trainer.accumulate_grad_batches)
+        if (batch_idx + 1) % accumulate and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # inside a gradient-accumulation window: its partial gradients are not in a checkpoint
         stop = self.received is not None
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)

@@ -23,10 +23,11 @@ class SignalAt(Callback):
     """Send ``sig`` to this process when training step ``step`` starts (it must still complete)."""
 
     def __init__(self, step: int, sig: signal.Signals) -> None:
-        self.step, self.sig = step, sig
+        self.step, self.sig, self.sent = step, sig, False
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if trainer.global_step + 1 == self.step:
+        if trainer.global_step + 1 == self.step and not self.sent:  # once: a second signal would kill pytest
+            self.sent = True
             os.kill(os.getpid(), self.sig)
 
 
@@ -99,3 +100,12 @@ def test_a_second_signal_ends_the_process_at_once(monkeypatch: pytest.MonkeyPatc
         assert sent == [(os.getpid(), signal.SIGUSR2)] and signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGUSR2, previous)
+
+
+def test_with_gradient_accumulation_the_save_waits_for_the_optimiser_step(tmp_path: Path, tiny_fit) -> None:
+    # 3 batches per optimiser step; the signal arrives in the first batch of step 2 (batch 4)
+    with pytest.raises(SystemExit):
+        tiny_fit(tmp_path, [Preemption(), SignalAt(2, signal.SIGTERM)], 5, accumulate_grad_batches=3)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 2  # saved after step 2's update, not after batch 4 of 6
+    assert state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] in (5, 6)
