@@ -23,6 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _leave_global_rng_and_seed_env_alone(monkeypatch: pytest.MonkeyPatch):
+    """The CLI runs seed_everything (global RNGs, PL_GLOBAL_SEED): undo it for the tests that follow."""
+    from latentvid.callbacks.rng import capture_rng_state, restore_rng_state
+
+    for key in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        monkeypatch.setenv(key, os.environ[key]) if key in os.environ else monkeypatch.delenv(key, raising=False)
+    state = capture_rng_state()
+    yield
+    restore_rng_state(state)
+
+
 def _run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int | None, str]:
     monkeypatch.setattr(sys, "argv", ["latentvid", *args])
     monkeypatch.delenv("LATENTVID_DEBUG", raising=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,19 @@ class TinyModule(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
+
+
+@pytest.fixture(autouse=True)
+def _leave_global_rng_and_seed_env_alone(monkeypatch: pytest.MonkeyPatch):
+    """Fits here seed the global RNGs and set PL_GLOBAL_SEED / PL_SEED_WORKERS: undo both afterwards,
+    so tests elsewhere see the session as it was."""
+    from latentvid.callbacks.rng import capture_rng_state, restore_rng_state
+
+    for key in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        monkeypatch.setenv(key, os.environ[key]) if key in os.environ else monkeypatch.delenv(key, raising=False)
+    state = capture_rng_state()
+    yield
+    restore_rng_state(state)
 
 
 @pytest.fixture(scope="session")
