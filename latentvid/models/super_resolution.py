@@ -167,9 +167,10 @@ class SuperResolutionDiffusion(LatentDiffusion):
             once). Each chunk is read with exactly enough neighbouring frames that the result equals
             whole-clip sampling; needs a U-Net without temporal attention.
         residual_scale: None diffuses the video itself; a number k diffuses k * (video - reference),
-            the reference being the plain upsampling of the input (:meth:`reference`), so the model
-            only has to add the missing detail (and starts from the plain upsampling). ``clip_sample``
-            then still bounds the video, not the residual.
+            the reference being the plain upsampling (:meth:`reference`) of the augmented input, so
+            the model only has to add the missing detail and remove the augmentation noise (which
+            stands for the previous stage's errors); it starts from the plain upsampling.
+            ``clip_sample`` then still bounds the video, not the residual.
         **kwargs: :class:`LatentDiffusion` arguments (schedule, target, lr, sample_steps, sampler,
             guidance_scale, clip_sample, ...).
     """
@@ -210,8 +211,11 @@ class SuperResolutionDiffusion(LatentDiffusion):
         """Training input from a clip: (B, 3, T, H, W), (B, T) -> low (B, 3, t, h, w), (B, t)."""
         raise NotImplementedError
 
-    def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Low-resolution video (B, 3, t, h, w), augmented to aug_logsnr (B,) -> conditioning (B, Cc, T, H, W)."""
+    def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None
+                       ) -> tuple[Tensor, Tensor]:
+        """Low-resolution video (B, 3, t, h, w) augmented to aug_logsnr (B,) -> the network's conditioning
+        (B, Cc, T, H, W) and the plain upsampling of the *augmented* video (B, 3, T, H, W), which
+        residual mode adds to (so the model learns to remove what the augmentation stands for)."""
         raise NotImplementedError
 
     def reference(self, low: Tensor) -> Tensor:
@@ -277,10 +281,10 @@ class SuperResolutionDiffusion(LatentDiffusion):
         low, _ = self.degrade(z0, mask)
         s = self.augmentation.training_levels(z0.shape[0], self.schedule.logsnr, generator, z0.device)
         aug_logsnr = self.schedule.logsnr(s.to(z0.device))
-        extra = {"cond": self.make_condition(low, aug_logsnr, generator), "aug_logsnr": aug_logsnr}
+        cond, ref = self.make_condition(low, aug_logsnr, generator)
         if self.residual_scale is not None:
-            z0 = (z0 - self.reference(low)) * self.residual_scale
-        return z0, extra
+            z0 = (z0 - ref) * self.residual_scale
+        return z0, {"cond": cond, "aug_logsnr": aug_logsnr}
 
     # ---- checkpoints: remember the training shape for the cascade's chain check -------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -344,7 +348,7 @@ class SuperResolutionDiffusion(LatentDiffusion):
 
         lowres = lowres.to(self.device, torch.float32)
         aug_logsnr = self.schedule.logsnr(torch.full((b,), level, device=self.device))
-        cond = self.make_condition(lowres, aug_logsnr, generator)  # (B, Cc, T, H, W)
+        cond, ref = self.make_condition(lowres, aug_logsnr, generator)  # (B, Cc, T, H, W), (B, 3, T, H, W)
         t, h, w = cond.shape[2:]
         k = self.residual_scale
         clip = k is None  # a residual is clipped below, so that the video stays in range
@@ -360,8 +364,7 @@ class SuperResolutionDiffusion(LatentDiffusion):
             denoise = chunked_denoiser(guided, t, chunk, halo)
         else:
             denoise = guided(0, t)
-        ref = self.reference(lowres) if k is not None else None  # (B, 3, T, H, W)
-        if ref is not None and self.hparams.clip_sample is not None:
+        if k is not None and self.hparams.clip_sample is not None:
             c = self.hparams.clip_sample
             denoise = _clamp_between(denoise, (-c - ref) * k, (c - ref) * k)
         if same_noise:
@@ -369,7 +372,7 @@ class SuperResolutionDiffusion(LatentDiffusion):
         else:
             z = _randn((b, 3, t, h, w), generator, cond)
         z = self.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generator, progress=progress)
-        video = self.first_stage.decode(z) if ref is None else ref + z / k
+        video = self.first_stage.decode(z) if k is None else ref + z / k
         if not torch.isfinite(video).all():
             raise FloatingPointError(f"{self.kind} sampling produced non-finite values")
         return video.clamp(-1.0, 1.0)
@@ -418,10 +421,13 @@ class SpatialSuperResolution(SuperResolutionDiffusion):
         return upsample_space(low, (low.shape[-2] * self.scale_factor, low.shape[-1] * self.scale_factor),
                               self.upsample_mode)
 
-    def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None) -> Tensor:
-        """(B, 3, T, h, w) -> upsampled to (B, 3, T, h*f, w*f), then noised to aug_logsnr (B,)."""
+    def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None
+                       ) -> tuple[Tensor, Tensor]:
+        """(B, 3, T, h, w) -> upsampled to (B, 3, T, h*f, w*f), then noised to aug_logsnr (B,); that is
+        both the conditioning and the reference."""
         up = self.reference(low)
-        return augment(up, aug_logsnr.to(up), _randn(tuple(up.shape), generator, up))
+        noisy = augment(up, aug_logsnr.to(up), _randn(tuple(up.shape), generator, up))
+        return noisy, noisy
 
     def output_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         t, h, w = in_shape
@@ -486,11 +492,13 @@ class TemporalSuperResolution(SuperResolutionDiffusion):
         """(B, 3, t, H, W) -> each frame repeated: (B, 3, t*f, H, W) (whatever ``fill`` the network sees)."""
         return expand_frames(low, self.frame_factor, "repeat")
 
-    def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None) -> Tensor:
-        """(B, 3, t, H, W) noised to aug_logsnr (B,) at the input rate, then -> (B, Cc, t*f, H, W):
-        repeated frames share their noise, blank frames and the mask stay exact."""
+    def make_condition(self, low: Tensor, aug_logsnr: Tensor, generator: torch.Generator | None
+                       ) -> tuple[Tensor, Tensor]:
+        """(B, 3, t, H, W) noised to aug_logsnr (B,) at the input rate, then -> conditioning
+        (B, Cc, t*f, H, W) (repeated frames share their noise, blank frames and the mask stay exact)
+        and the repeated noisy frames (B, 3, t*f, H, W) as the reference."""
         noisy = augment(low, aug_logsnr.to(low), _randn(tuple(low.shape), generator, low))
-        return expand_frames(noisy, self.frame_factor, self.fill)
+        return expand_frames(noisy, self.frame_factor, self.fill), self.reference(noisy)
 
     def output_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         t, h, w = in_shape
