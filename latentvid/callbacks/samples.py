@@ -102,11 +102,19 @@ class LogSampleVideos(Callback):
             return
         captions = self._captions(trainer)
         if captions:
-            self.sample_and_save(trainer, pl_module, captions)
+            # trainer.log_dir is a collective under DDP: every rank must read it, not just rank 0
+            run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+            self.sample_and_save(trainer, pl_module, captions, run_dir)
 
     @rank_zero_only
-    def sample_and_save(self, trainer: Trainer, pl_module: LightningModule, captions: list[str]) -> list[Path]:
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples" / f"step{trainer.global_step:07d}"
+    def sample_and_save(self, trainer: Trainer, pl_module: LightningModule, captions: list[str],
+                        run_dir: Path | None = None) -> list[Path]:
+        """Sample ``captions`` and write ``<run_dir>/samples/step<N>/<i>_<caption>.mp4`` (rank 0 only).
+
+        ``run_dir`` defaults to the trainer's log dir; pass it when calling from code that runs on
+        every rank, since reading ``trainer.log_dir`` is a collective under DDP."""
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir) if run_dir is None else run_dir
+        out_dir = run_dir / "samples" / f"step{trainer.global_step:07d}"
         paths = []
         probe = ShapesProbe() if self.shapes_probe and all(_is_shapes(c) for c in captions) else None
         for i, caption in enumerate(captions):

@@ -414,7 +414,9 @@ class AutoencoderModule(LightningModule):
         self.log("val/psnr", psnr, prog_bar=True, batch_size=bs, sync_dist=True)
         self.log("val/ssim", ssim, batch_size=bs, sync_dist=True)
         if batch_idx == 0 and self.log_videos > 0 and not self.trainer.sanity_checking:
-            self.save_reconstructions(video, recon, frame_mask, batch)
+            # trainer.log_dir is a collective under DDP: read it on every rank, write on rank 0
+            self.save_reconstructions(video, recon, frame_mask, batch, Path(self.trainer.log_dir or
+                                                                            self.trainer.default_root_dir))
         return losses["recon"]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -432,15 +434,16 @@ class AutoencoderModule(LightningModule):
     # ---- reconstructions as videos ----------------------------------------------------------------
 
     @rank_zero_only
-    def save_reconstructions(self, video: Tensor, recon: Tensor, frame_mask: Tensor, batch: dict) -> list[Path]:
-        """Write input | reconstruction side by side for the first ``log_videos`` clips -> mp4 paths."""
+    def save_reconstructions(self, video: Tensor, recon: Tensor, frame_mask: Tensor, batch: dict,
+                             run_dir: Path) -> list[Path]:
+        """Write input | reconstruction side by side for the first ``log_videos`` clips under
+        ``run_dir/reconstructions/step<N>/`` (rank 0 only) -> mp4 paths."""
         from lightning.pytorch.loggers import TensorBoardLogger
 
         from latentvid.callbacks.samples import log_tensorboard_video, slug
         from latentvid.data.video import to_uint8, write_video
 
         trainer = self.trainer
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         out_dir = run_dir / "reconstructions" / f"step{trainer.global_step:07d}"
         keys = list(batch.get("key", [str(i) for i in range(video.shape[0])]))
         paths = []
