@@ -155,15 +155,18 @@ class ChannelRMSNorm(nn.Module):
         return x * self.weight.view(-1, 1, 1, 1) + self.bias.view(-1, 1, 1, 1)
 
 
-NORMS = ("group", "rms")
+NORMS = ("group", "rms", "none")
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
-    """"group": per-frame GroupNorm (32 groups or fewer); "rms": per-position channel RMS norm."""
+    """"group": per-frame GroupNorm (32 groups or fewer); "rms": per-position channel RMS norm;
+    "none": identity."""
     if kind == "group":
         return FrameGroupNorm(_num_groups(channels), channels, eps=1e-6)
     if kind == "rms":
         return ChannelRMSNorm(channels)
+    if kind == "none":
+        return nn.Identity()
     raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
@@ -172,7 +175,7 @@ class NormAct(nn.Module):
 
     Args:
         channels: number of channels.
-        norm: "group" or "rms".
+        norm: "group", "rms" or "none".
     """
 
     def __init__(self, channels: int, norm: str = "group") -> None:
@@ -256,12 +259,76 @@ class CausalUpsample(nn.Module):
         x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # (B, C, T, 2H, 2W)
         y, cache = self.conv(x, cache)
         if self.temporal:
-            b, c2, t, h, w = y.shape
-            y = y.reshape(b, 2, c2 // 2, t, h, w)  # (B, 2, C, T, H, W): channel halves = the two frames
-            y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)  # (B, C, 2T, H, W)
-            if at_start:
-                y = y[:, :, 1:]  # frame 0 maps to one frame only
+            y = depth_to_time(y, at_start)
         return y, cache
+
+
+def depth_to_time(y: torch.Tensor, at_start: bool) -> torch.Tensor:
+    """(B, 2C, T, H, W) -> (B, C, 2T, H, W): channel halves become frames 2j, 2j + 1.
+
+    At the clip start the first of these is dropped, so 1 + m frames become 1 + 2m and frame 0
+    stays alone (the causal layout).
+    """
+    b, c2, t, h, w = y.shape
+    y = y.reshape(b, 2, c2 // 2, t, h, w)  # (B, 2, C, T, H, W): channel halves = the two frames
+    y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)  # (B, C, 2T, H, W)
+    return y[:, :, 1:] if at_start else y
+
+
+class FrameConv(nn.Module):
+    """A per-frame 2D convolution written as a (1, k, k) 3D one; stateless in the streaming protocol.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: spatial kernel k (odd, zero-padded to keep H and W) — or 4 with ``resample``.
+        resample: None (keep H, W), "down" (a 4x4 stride-2 conv: H/2, W/2) or "up" (a 4x4 stride-2
+            transposed conv: 2H, 2W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, resample: str | None = None) -> None:
+        super().__init__()
+        if resample is None:
+            self.conv: nn.Module = nn.Conv3d(in_channels, out_channels, (1, kernel_size, kernel_size),
+                                             padding=(0, kernel_size // 2, kernel_size // 2))
+        elif resample == "down":
+            self.conv = nn.Conv3d(in_channels, out_channels, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
+        elif resample == "up":
+            self.conv = nn.ConvTranspose3d(in_channels, out_channels, (1, 4, 4), stride=(1, 2, 2), padding=(0, 1, 1))
+        else:
+            raise ValueError(f"FrameConv resample must be None, 'down' or 'up', got {resample!r}")
+
+    def forward(self, x: torch.Tensor, cache: Cache = None) -> tuple[torch.Tensor, None]:
+        """(B, C_in, T, H, W) -> ((B, C_out, T, H', W'), None)."""
+        return self.conv(x), None
+
+
+class TimeDownsample(CausalConv3d):
+    """Halves time causally: a (3, 1, 1) causal conv of stride 2 (1 + 2m frames -> 1 + m).
+
+    Args:
+        channels: input and output channels.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, (3, 1, 1), stride=(2, 1, 1))
+
+
+class TimeUpsample(nn.Module):
+    """Doubles time causally: a (3, 1, 1) causal conv to 2C channels, then ``depth_to_time``.
+
+    Args:
+        channels: input and output channels.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = CausalConv3d(channels, 2 * channels, (3, 1, 1))
+
+    def forward(self, x: torch.Tensor, cache: Cache = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, T, H, W) -> ((B, C, 2T (-1 at the clip start), H, W), cache)."""
+        y, cache_out = self.conv(x, cache)
+        return depth_to_time(y, at_start=cache is None), cache_out
 
 
 class CausalSequential(nn.ModuleList):
@@ -286,11 +353,32 @@ def _mid_block(channels: int, attention: bool, norm: str) -> list[nn.Module]:
     return layers
 
 
+BLOCKS = ("resnet", "factorized")
+
+
+def _frame_convs(c_in: int, c_out: int, count: int, norm: str) -> list[nn.Module]:
+    """``count`` x (per-frame 3x3 conv, norm, SiLU), the first mapping c_in -> c_out."""
+    layers: list[nn.Module] = []
+    for _ in range(count):
+        layers += [FrameConv(c_in, c_out), NormAct(c_out, norm)]
+        c_in = c_out
+    return layers
+
+
 class CausalEncoder(CausalSequential):
     """Video (B, in_channels, T, H, W) -> posterior moments (B, 2 * latent_channels, t, h, w).
 
     ``t = 1 + (T - 1) / tf``, ``h = H / sf``, ``w = W / sf``; the first half of the output
     channels is the mean, the second the log-variance.
+
+    Two layouts (``block``):
+
+    * ``"resnet"`` (CogVideoX / Open-Sora style): causal 3x3x3 residual blocks per level, a
+      stride-2 causal 3x3x3 down-sampler between levels, a mid block of two residual blocks.
+    * ``"factorized"``: per-frame 3x3 convs (+ norm + SiLU) per level, a 4x4 stride-2 per-frame
+      down-sampler between levels followed, where time is halved, by a (3, 1, 1) causal conv of
+      stride 2. Frames mix only at those temporal down-samplers: far fewer FLOPs, and on small
+      data it trains several times faster than "resnet" (see configs/vae.yaml).
 
     Args:
         in_channels: video channels.
@@ -299,9 +387,10 @@ class CausalEncoder(CausalSequential):
         channel_mult: width multiplier per level; a stride-2 down-sampler follows every level but
             the last.
         temporal_downsample: per level, whether its down-sampler also halves time (last must be False).
-        num_res_blocks: residual blocks per level.
-        mid_attention: add per-frame self-attention in the middle block.
-        norm: "group" (per-frame GroupNorm) or "rms" (per-position channel RMS norm).
+        num_res_blocks: residual blocks ("resnet") or conv layers ("factorized") per level.
+        mid_attention: add per-frame self-attention in the middle (at the lowest resolution).
+        norm: "group" (per-frame GroupNorm), "rms" (per-position channel RMS norm) or "none".
+        block: "resnet" or "factorized" (see above).
     """
 
     def __init__(
@@ -314,25 +403,45 @@ class CausalEncoder(CausalSequential):
         num_res_blocks: int,
         mid_attention: bool,
         norm: str = "group",
+        block: str = "resnet",
     ) -> None:
-        layers: list[nn.Module] = [CausalConv3d(in_channels, base_channels, 3)]
+        factorized = block == "factorized"
+        if factorized:
+            layers: list[nn.Module] = [FrameConv(in_channels, base_channels), NormAct(base_channels, norm)]
+        else:
+            layers = [CausalConv3d(in_channels, base_channels, 3)]
         channels = base_channels
         for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers.append(CausalResBlock(channels, base_channels * mult, norm))
-                channels = base_channels * mult
-            if level < len(channel_mult) - 1:
+            if factorized:
+                layers += _frame_convs(channels, base_channels * mult, num_res_blocks, norm)
+            else:
+                layers += [CausalResBlock(channels if i == 0 else base_channels * mult, base_channels * mult, norm)
+                           for i in range(num_res_blocks)]
+            channels = base_channels * mult
+            if level == len(channel_mult) - 1:
+                continue
+            if factorized:
+                layers += [FrameConv(channels, channels, resample="down"), NormAct(channels, norm)]
+                if temporal_downsample[level]:
+                    layers += [TimeDownsample(channels), NormAct(channels, norm)]
+            else:
                 stride_t = 2 if temporal_downsample[level] else 1
                 layers.append(CausalConv3d(channels, channels, 3, stride=(stride_t, 2, 2)))
-        layers += _mid_block(channels, mid_attention, norm)
-        layers += [NormAct(channels, norm), CausalConv3d(channels, 2 * latent_channels, 3)]
+        if factorized:
+            layers += [FrameAttention(channels, norm)] if mid_attention else []
+            layers.append(FrameConv(channels, 2 * latent_channels))
+        else:
+            layers += _mid_block(channels, mid_attention, norm)
+            layers += [NormAct(channels, norm), CausalConv3d(channels, 2 * latent_channels, 3)]
         super().__init__(layers)
 
 
 class CausalDecoder(CausalSequential):
     """Latents (B, latent_channels, t, h, w) -> video (B, out_channels, 1 + (t - 1) * tf, h * sf, w * sf).
 
-    Mirrors ``CausalEncoder``; the arguments have the same meaning (``out_channels`` = video channels).
+    Mirrors ``CausalEncoder``; the arguments have the same meaning (``out_channels`` = video
+    channels). "factorized" up-samples time first (a (3, 1, 1) causal conv to 2C channels split into
+    two frames, ``TimeUpsample``), then space (a 4x4 stride-2 transposed per-frame conv).
     """
 
     def __init__(
@@ -345,17 +454,35 @@ class CausalDecoder(CausalSequential):
         num_res_blocks: int,
         mid_attention: bool,
         norm: str = "group",
+        block: str = "resnet",
     ) -> None:
+        factorized = block == "factorized"
         channels = base_channels * channel_mult[-1]
-        layers: list[nn.Module] = [CausalConv3d(latent_channels, channels, 3)]
-        layers += _mid_block(channels, mid_attention, norm)
+        if factorized:
+            layers: list[nn.Module] = [FrameConv(latent_channels, channels), NormAct(channels, norm)]
+            layers += [FrameAttention(channels, norm)] if mid_attention else []
+        else:
+            layers = [CausalConv3d(latent_channels, channels, 3)]
+            layers += _mid_block(channels, mid_attention, norm)
         for level in reversed(range(len(channel_mult))):
-            for _ in range(num_res_blocks):
-                layers.append(CausalResBlock(channels, base_channels * channel_mult[level], norm))
-                channels = base_channels * channel_mult[level]
-            if level > 0:
+            width = base_channels * channel_mult[level]
+            if factorized:
+                layers += _frame_convs(channels, width, num_res_blocks, norm)
+            else:
+                layers += [CausalResBlock(channels if i == 0 else width, width, norm) for i in range(num_res_blocks)]
+            channels = width
+            if level == 0:
+                continue
+            if factorized:
+                if temporal_downsample[level - 1]:
+                    layers += [TimeUpsample(channels), NormAct(channels, norm)]
+                layers += [FrameConv(channels, channels, resample="up"), NormAct(channels, norm)]
+            else:
                 layers.append(CausalUpsample(channels, temporal=temporal_downsample[level - 1]))
-        layers += [NormAct(channels, norm), CausalConv3d(channels, out_channels, 3)]
+        if factorized:
+            layers.append(FrameConv(channels, out_channels))
+        else:
+            layers += [NormAct(channels, norm), CausalConv3d(channels, out_channels, 3)]
         super().__init__(layers)
 
 
@@ -481,7 +608,8 @@ class CausalVAE3D(FirstStage):
         temporal_downsample: one flag per level: whether the down-sampler after that level also
             halves time; the last level has no down-sampler, so its flag must be False.
             ``temporal_factor = 2 ** sum(temporal_downsample)``.
-        num_res_blocks: residual blocks per level in encoder and decoder.
+        num_res_blocks: residual blocks ("resnet") or conv layers ("factorized") per level in
+            encoder and decoder.
         mid_attention: per-frame spatial self-attention in the middle blocks.
         scale: latent scale (1 / std of raw latents), used when no checkpoint overrides it.
         shift: latent shift (mean of raw latents), used when no checkpoint overrides it.
@@ -495,9 +623,12 @@ class CausalVAE3D(FirstStage):
         tile_overlap: pixels shared by neighbouring tiles: the outer quarter on each side is
             dropped, the middle half cross-faded linearly (see ``blend_tiles``). Must be a
             multiple of ``spatial_factor`` and smaller than ``tile_size``.
-        norm: "group" (per-frame GroupNorm, the usual VAE choice) or "rms" (per-position channel
-            RMS norm; with it and no mid attention the network is local, so tiling is exact once
-            ``tile_overlap / 4`` covers its receptive field).
+        norm: "group" (per-frame GroupNorm, the usual VAE choice), "rms" (per-position channel
+            RMS norm) or "none"; with "rms" / "none" and no mid attention the network is local, so
+            tiling is exact once ``tile_overlap / 4`` covers its receptive field.
+        block: layer layout, "resnet" (causal 3x3x3 residual blocks, CogVideoX style) or
+            "factorized" (per-frame 2D convs, frames mixed only by causal temporal down / up
+            samplers; see ``CausalEncoder``).
     """
 
     def __init__(
@@ -515,6 +646,7 @@ class CausalVAE3D(FirstStage):
         tile_size: int | None = None,
         tile_overlap: int = 8,
         norm: str = "group",
+        block: str = "resnet",
     ) -> None:
         super().__init__()
         channel_mult, temporal_downsample = tuple(channel_mult), tuple(bool(f) for f in temporal_downsample)
@@ -531,10 +663,13 @@ class CausalVAE3D(FirstStage):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
         if scale == 0:
             raise ValueError("scale must be non-zero (decode divides by it)")
         self.in_channels = in_channels
         self.latent_channels = latent_channels
+        self.block = block
         self.spatial_factor = 2 ** (len(channel_mult) - 1)
         self.temporal_factor = 2 ** sum(temporal_downsample)
         self.chunk_frames = chunk_frames
@@ -544,7 +679,8 @@ class CausalVAE3D(FirstStage):
             self._check_chunk_frames(chunk_frames)
         if tile_size is not None:
             self._check_tiles(tile_size, tile_overlap)
-        arch = (latent_channels, base_channels, channel_mult, temporal_downsample, num_res_blocks, mid_attention, norm)
+        arch = (latent_channels, base_channels, channel_mult, temporal_downsample, num_res_blocks, mid_attention, norm,
+                block)
         self.encoder = CausalEncoder(in_channels, *arch)
         self.decoder = CausalDecoder(in_channels, *arch)
         # Buffers, not floats: the scale learnt for a checkpoint travels with it.

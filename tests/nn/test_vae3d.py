@@ -37,9 +37,10 @@ def tiny_vae(seed: int = 0, **kwargs) -> CausalVAE3D:
     return CausalVAE3D(**args).eval()
 
 
-@pytest.fixture(scope="module")
-def vae() -> CausalVAE3D:
-    return tiny_vae(mid_attention=True)
+@pytest.fixture(scope="module", params=["resnet", "factorized"])
+def vae(request: pytest.FixtureRequest) -> CausalVAE3D:
+    """Both layouts; every test taking this fixture runs on each."""
+    return tiny_vae(mid_attention=True, block=request.param)
 
 
 # ---- CausalConv3d ------------------------------------------------------------------------------
@@ -130,6 +131,8 @@ def test_bad_inputs_name_the_value() -> None:
         tiny_vae(temporal_downsample=(True, True, True))
     with pytest.raises(ValueError, match="norm"):
         tiny_vae(norm="batch")
+    with pytest.raises(ValueError, match="block"):
+        tiny_vae(block="transformer")
 
 
 # ---- temporal chunking ------------------------------------------------------------------------
@@ -158,7 +161,7 @@ def test_chunked_encode_decode_match_one_pass(vae: CausalVAE3D, chunk_frames: in
 
 
 def test_auto_chunking_above_chunk_frames(vae: CausalVAE3D) -> None:
-    chunked = tiny_vae(mid_attention=True, chunk_frames=4)
+    chunked = tiny_vae(mid_attention=True, chunk_frames=4, block=vae.block)
     chunked.load_state_dict(vae.state_dict())
     enc_calls, dec_calls = _count_calls(chunked.encoder), _count_calls(chunked.decoder)
     torch.manual_seed(4)
@@ -190,13 +193,15 @@ def test_blending_crops_of_one_tensor_is_exact(size: int, tile: int, overlap: in
     torch.testing.assert_close(blend_tiles(tiles, size, size + 5, overlap), x, atol=1e-5, rtol=0)
 
 
-def test_tiled_encode_decode_exact_for_local_network() -> None:
-    """With norm="rms" and no attention every output depends only on inputs within a receptive
-    radius: encoder conv_in 1 + res 2 + down 1 px, then at half resolution res 2 + mid 4 +
-    conv_out 1 convs of 2 px = 18 px; the decoder's is 9 latent px = 18 px. blend_tiles ignores
-    the outer overlap / 4 = 18 px of every shared tile edge, so tiling reproduces the one-pass
-    result up to float rounding (1e-5)."""
-    vae = tiny_vae(channel_mult=(1, 2), temporal_downsample=(True, False), norm="rms")
+@pytest.mark.parametrize(("block", "norm"), [("resnet", "rms"), ("factorized", "none"), ("factorized", "rms")])
+def test_tiled_encode_decode_exact_for_local_network(block: str, norm: str) -> None:
+    """With a per-position norm and no attention every output depends only on inputs within a
+    receptive radius. "resnet": encoder conv_in 1 + res 2 + down 1 px, then at half resolution
+    res 2 + mid 4 + conv_out 1 convs of 2 px = 18 px; the decoder's is 9 latent px = 18 px
+    ("factorized" has fewer, smaller convs: under 10 px). blend_tiles ignores the outer
+    overlap / 4 = 18 px of every shared tile edge, so tiling reproduces the one-pass result up to
+    float rounding (1e-5)."""
+    vae = tiny_vae(channel_mult=(1, 2), temporal_downsample=(True, False), norm=norm, block=block)
     torch.manual_seed(6)
     x = torch.randn(1, 3, 3, 104, 104)
     with torch.no_grad():
@@ -312,21 +317,25 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / float((x - y).pow(2).mean()))
 
 
-def test_tiny_vae_overfits_moving_blobs() -> None:
-    """Predicting the mean colour gives ~18 dB here; learning the blobs gets past 25 dB
-    (~120 Adam steps at lr 2e-3; 300 allowed)."""
+@pytest.mark.parametrize(
+    ("block", "norm", "lr", "threshold"), [("resnet", "group", 2e-3, 25.0), ("factorized", "none", 5e-3, 22.0)]
+)
+def test_tiny_vae_overfits_moving_blobs(block: str, norm: str, lr: float, threshold: float) -> None:
+    """Predicting the mean colour gives ~18 dB here; learning the blobs gets well past it: the
+    resnet layout past 25 dB (~120 Adam steps at lr 2e-3; 300 allowed), the factorized one, which
+    mixes frames far less and learns these smooth blobs more slowly, past 22 dB (measured 24.4 dB
+    after 400 steps at lr 5e-3). Posterior means are decoded, as configs/vae.yaml trains."""
     x = moving_blobs()
-    vae = tiny_vae(channel_mult=(1, 2), temporal_downsample=(True, False)).train()
-    optimiser = torch.optim.Adam(vae.parameters(), lr=2e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        recon, posterior = vae(x, generator=generator)
+    vae = tiny_vae(channel_mult=(1, 2), temporal_downsample=(True, False), block=block, norm=norm).train()
+    optimiser = torch.optim.Adam(vae.parameters(), lr=lr)
+    for _ in range(400):
+        recon, posterior = vae(x, sample_posterior=False)
         assert recon.shape == x.shape and posterior.kl().shape == (4,)
         loss = (recon - x).pow(2).mean() + 1e-6 * posterior.kl().mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        if psnr(recon.detach(), x) > 27.0:
+        if psnr(recon.detach(), x) > threshold + 2.0:
             break
     with torch.no_grad():
-        assert psnr(vae.decode(vae.encode(x)), x) > 25.0
+        assert psnr(vae.decode(vae.encode(x)), x) > threshold
