@@ -25,11 +25,13 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 
+from latentvid.models.lr_schedules import warmup_cosine_lambda, warmup_lambda
 from latentvid.nn.discriminator import PatchDiscriminator3D
 from latentvid.nn.first_stage import FirstStage
 from latentvid.nn.vae3d import CausalVAE3D, DiagonalGaussian
 
 RECON_LOSSES = ("l1", "l2")
+LR_DECAYS = ("none", "cosine")
 VAE_RECIPE = "python tools/fit.py -c configs/vae.yaml"
 
 
@@ -267,6 +269,10 @@ class AutoencoderModule(LightningModule):
         disc_start_step: training batch from which the GAN term is used and the discriminator trained.
         disc_lr: discriminator learning rate (default: ``lr``).
         lr: learning rate of the autoencoder's AdamW.
+        warmup_steps: linear LR warm-up of both optimisers over this many training batches.
+        lr_decay: "none" (constant after warm-up) or "cosine" (half cosine down to
+            ``final_lr_ratio * lr`` at the end of training, ``trainer.estimated_stepping_batches``).
+        final_lr_ratio: the cosine's end point as a fraction of ``lr``.
         betas: AdamW betas of both optimisers (LDM uses (0.5, 0.9) with a GAN).
         weight_decay: AdamW weight decay of both optimisers.
         grad_clip: clip each optimiser's gradient norm to this (``None``: no clipping).
@@ -289,6 +295,9 @@ class AutoencoderModule(LightningModule):
         disc_start_step: int = 0,
         disc_lr: float | None = None,
         lr: float = 1e-3,
+        warmup_steps: int = 0,
+        lr_decay: str = "none",
+        final_lr_ratio: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
         grad_clip: float | None = 1.0,
@@ -300,9 +309,12 @@ class AutoencoderModule(LightningModule):
         super().__init__()
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"model.recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
+        if lr_decay not in LR_DECAYS:
+            raise ValueError(f"model.lr_decay must be one of {LR_DECAYS}, got {lr_decay!r}")
         for name, value in (("kl_weight", kl_weight), ("perceptual_factor", perceptual_factor),
                             ("disc_weight", disc_weight), ("disc_start_step", disc_start_step),
-                            ("scale_batches", scale_batches), ("log_videos", log_videos)):
+                            ("scale_batches", scale_batches), ("log_videos", log_videos),
+                            ("warmup_steps", warmup_steps), ("final_lr_ratio", final_lr_ratio)):
             if value < 0:
                 raise ValueError(f"model.{name} must be >= 0, got {value}")
         # Under LightningCLI the saved hparams are the resolved config, so `vae` is stored as its
@@ -362,6 +374,13 @@ class AutoencoderModule(LightningModule):
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
 
+    def _step_schedulers(self) -> None:
+        """Advance the LR schedules once per training batch (manual optimisation steps them itself)."""
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if scheduler is not None:
+                scheduler.step()
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """One autoencoder step, then (GAN active) one discriminator step, on ``video`` (B, 3, T, H, W)."""
         video, frame_mask = batch["video"], batch["frame_mask"].bool()
@@ -396,6 +415,7 @@ class AutoencoderModule(LightningModule):
                            "train/logits_fake": logits_fake.detach().mean()}, batch_size=bs)
 
         self.train_steps += 1
+        self._step_schedulers()
         with torch.no_grad():
             psnr = frame_psnr_ssim(recon.detach(), video, frame_mask)[0]
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
@@ -419,7 +439,7 @@ class AutoencoderModule(LightningModule):
                                                                             self.trainer.default_root_dir))
         return losses["recon"]
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
         params = [p for p in self.vae.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the VAE has no trainable parameters (is it frozen?)")
@@ -429,7 +449,12 @@ class AutoencoderModule(LightningModule):
             lr_d = self.hparams.disc_lr if self.hparams.disc_lr is not None else self.hparams.lr
             opts.append(torch.optim.AdamW(self.discriminator.parameters(), lr=lr_d, betas=betas,
                                           weight_decay=self.hparams.weight_decay))
-        return opts
+        hp = self.hparams
+        if hp.lr_decay == "cosine":
+            factor = warmup_cosine_lambda(hp.warmup_steps, int(self.trainer.estimated_stepping_batches), hp.final_lr_ratio)
+        else:
+            factor = warmup_lambda(hp.warmup_steps)
+        return opts, [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in opts]
 
     # ---- reconstructions as videos ----------------------------------------------------------------
 

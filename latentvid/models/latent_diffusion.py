@@ -31,12 +31,8 @@ from latentvid.diffusion import (
     training_target,
 )
 from latentvid.diffusion.discrete import DiscreteSchedule
+from latentvid.models.lr_schedules import warmup_lambda
 from latentvid.nn.first_stage import FirstStage, IdentityFirstStage
-
-
-def warmup_lambda(warmup_steps: int):
-    """Linear learning-rate warm-up from ~0 to 1 over ``warmup_steps`` optimiser steps, then constant."""
-    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
 
 
 class LatentDiffusion(LightningModule):

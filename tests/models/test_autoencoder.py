@@ -301,6 +301,36 @@ def test_freeze_encoder_trains_the_decoder_only(shapes_root: Path, tmp_path: Pat
     assert _changed(first, last, "decoder.")
 
 
+class _LearningRates(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.append([opt.param_groups[0]["lr"] for opt in trainer.optimizers])
+
+
+def test_lr_warmup_and_cosine_are_stepped_once_per_batch(shapes_root: Path, tmp_path: Path) -> None:
+    """Manual optimisation steps the schedules itself: both optimisers follow warm-up + cosine
+    over the run's batches (trainer.estimated_stepping_batches = 4 here)."""
+    from latentvid.models.lr_schedules import warmup_cosine_lambda
+
+    module = AutoencoderModule(tiny_vae(), discriminator=PatchDiscriminator3D(base_channels=8, num_layers=2),
+                               disc_start_step=0, lr=1e-3, disc_lr=2e-3, warmup_steps=2, lr_decay="cosine",
+                               final_lr_ratio=0.1, log_videos=0)
+    lrs = _LearningRates()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=4, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path), callbacks=[lrs])
+    trainer.fit(module, ShapesDataModule(root=str(shapes_root), num_frames=T, size=SIZE, batch_size=2,
+                                         clips_per_combo=1, image_ratio=0.0))
+    factor = warmup_cosine_lambda(2, 4, 0.1)
+    expected = [(1e-3 * factor(i), 2e-3 * factor(i)) for i in range(4)]
+    for got, want in zip(lrs.lrs, expected, strict=True):
+        assert got == pytest.approx(want)
+    with pytest.raises(ValueError, match="lr_decay"):
+        AutoencoderModule(tiny_vae(), lr_decay="linear")
+
+
 # ---- a real run through the CLI, then loading the checkpoint ------------------------------------------------
 
 CONFIG = """
