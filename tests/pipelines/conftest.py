@@ -26,7 +26,8 @@ def recipe(model: dict, num_frames: int, size: int, data_root: Path, ckpt_dir: P
     data = {"class_path": "latentvid.data.datamodule.ShapesDataModule",
             "init_args": {"root": str(data_root), "num_frames": num_frames, "size": size, "batch_size": 2,
                           "clips_per_combo": 1, "image_ratio": 0.0}}
-    return {"seed_everything": 0, "trainer": {**TRAINER, "callbacks": callbacks}, "model": model, "data": data}
+    trainer = {**TRAINER, "callbacks": callbacks, "default_root_dir": str(ckpt_dir)}  # config.yaml goes there too
+    return {"seed_everything": 0, "trainer": trainer, "model": model, "data": data}
 
 
 def base_model() -> dict:

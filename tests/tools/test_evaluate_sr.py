@@ -43,6 +43,7 @@ def ssr_ckpt(tmp_path_factory) -> tuple[Path, Path]:
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "max_steps": 1, "limit_val_batches": 0, "logger": False,
+                    "default_root_dir": str(tmp),  # where the CLI saves config.yaml
                     "enable_progress_bar": False, "enable_model_summary": False,
                     "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                    "init_args": {"dirpath": str(tmp / "ckpt"), "save_last": True}}]},
