@@ -134,3 +134,5 @@ def test_recipes_build_and_cascade_yaml_names_their_checkpoints():
         assert named[name] == f"{ckpt_cb['init_args']['dirpath']}/last.ckpt"
         # last.ckpt is only written at checkpoint steps: the final step must be one
         assert raw["trainer"]["max_steps"] % ckpt_cb["init_args"]["every_n_train_steps"] == 0
+        # and a re-run must overwrite it, not write last-v1.ckpt beside the one cascade.yaml names
+        assert ckpt_cb["init_args"]["enable_version_counter"] is False
