@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from latentvid.models.lr_schedules import warmup_cosine_lambda, warmup_lambda
 from latentvid.nn.discriminator import PatchDiscriminator3D
 from latentvid.nn.first_stage import FirstStage
-from latentvid.nn.vae3d import CausalVAE3D, DiagonalGaussian
+from latentvid.nn.vae3d import DiagonalGaussian, GaussianAutoencoder
 
 RECON_LOSSES = ("l1", "l2")
 LR_DECAYS = ("none", "cosine")
@@ -130,7 +130,7 @@ def frame_psnr_ssim(recon: Tensor, target: Tensor, frame_mask: Tensor) -> tuple[
     return psnr, ssim
 
 
-def decoder_last_layer(vae: CausalVAE3D) -> Tensor:
+def decoder_last_layer(vae: GaussianAutoencoder) -> Tensor:
     """Weight of the decoder's final convolution (where the adaptive GAN weight is measured)."""
     convs = [m for m in vae.decoder.modules() if isinstance(m, nn.Conv3d)]
     return convs[-1].weight
@@ -227,7 +227,9 @@ class PerceptualLoss(nn.Module):
 
 
 class AutoencoderModule(LightningModule):
-    """Trains a :class:`CausalVAE3D`: reconstruction + KL [+ perceptual] [+ patch GAN].
+    """Trains a VAE (:class:`~latentvid.nn.vae3d.CausalVAE3D`, or any
+    :class:`~latentvid.nn.vae3d.GaussianAutoencoder` such as Video LDM's
+    :class:`~latentvid.nn.video_decoder.TemporalDecoderVAE`): reconstruction + KL [+ perceptual] [+ patch GAN].
 
     Loss of the autoencoder step (one batch of ``video`` (B, 3, T, H, W), ``frame_mask`` (B, T))::
 
@@ -243,13 +245,15 @@ class AutoencoderModule(LightningModule):
     so ``disc_start_step`` counts training batches instead (stored in the checkpoint).
 
     Video LDM's recipe (Blattmann et al., 2023) fine-tunes only the decoder so existing latents
-    stay valid: ``freeze_encoder=True`` does that here, and because our VAE is 3D its whole decoder
-    (temporal layers included) is trained on video. For a diffusers 2D ``AutoencoderKL`` the same
-    recipe means inserting temporal layers into its decoder and training them (plus a 3D
-    discriminator) with the encoder frozen; that adapter is not implemented yet.
+    stay valid: ``freeze_encoder=True`` does that here. For our 3D VAE the whole decoder (temporal
+    layers included) is then trained on video; for a pretrained image VAE,
+    :class:`~latentvid.nn.video_decoder.TemporalDecoderVAE` inserts identity-initialised causal
+    temporal layers into a diffusers ``AutoencoderKL``'s decoder and trains those (optionally the
+    whole decoder, optionally with the 3D discriminator), keeping its latent scale with
+    ``scale_batches=0`` (``configs/vae-videoldm.yaml``).
 
     At the end of fit, and whenever a checkpoint is written, the latent ``scale`` / ``shift`` are
-    re-estimated with :meth:`CausalVAE3D.estimate_scale` from the last ``scale_batches`` training
+    re-estimated with :meth:`GaussianAutoencoder.estimate_scale` from the last ``scale_batches`` training
     batches (their full-length clips), so every checkpoint carries the scale a diffusion model
     needs. The perceptual network is not stored in checkpoints (it is reloaded from its file).
 
@@ -279,13 +283,14 @@ class AutoencoderModule(LightningModule):
             (Trainer-level clipping does not apply under manual optimisation.)
         sample_posterior: decode a posterior sample while training (the mean when False).
         freeze_encoder: train the decoder only (Video LDM's recipe, see above).
-        scale_batches: training batches used to estimate the latent scale / shift.
+        scale_batches: training batches used to estimate the latent scale / shift (0: keep the
+            VAE's own, e.g. a pretrained image VAE's config value).
         log_videos: reconstructions written at each validation (0: none).
     """
 
     def __init__(
         self,
-        vae: CausalVAE3D,
+        vae: GaussianAutoencoder,
         recon_loss: str = "l1",
         kl_weight: float = 1e-6,
         perceptual_weights: str | None = None,
@@ -544,7 +549,7 @@ def _import_class(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def load_vae_from_checkpoint(path: str) -> CausalVAE3D:
+def load_vae_from_checkpoint(path: str) -> GaussianAutoencoder:
     """Rebuild the VAE of an :class:`AutoencoderModule` checkpoint, frozen and in eval mode.
 
     The architecture comes from the checkpoint's hyper-parameters (``vae: {class_path, init_args}``,
@@ -566,8 +571,9 @@ def load_vae_from_checkpoint(path: str) -> CausalVAE3D:
             f"checkpoint of latentvid.models.autoencoder.AutoencoderModule written by `{VAE_RECIPE}`"
         )
     cls = _import_class(config["class_path"])
-    if not (isinstance(cls, type) and issubclass(cls, CausalVAE3D)):
-        raise ValueError(f"{file}: hyper_parameters['vae'] is {config['class_path']}, not a CausalVAE3D")
+    if not (isinstance(cls, type) and issubclass(cls, GaussianAutoencoder)):
+        raise ValueError(f"{file}: hyper_parameters['vae'] is {config['class_path']}, not a GaussianAutoencoder "
+                         f"(CausalVAE3D, TemporalDecoderVAE)")
     vae = cls(**config.get("init_args", {}))
     state = {k[len("vae."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("vae.")}
     if not state:
@@ -581,7 +587,9 @@ def load_vae_from_checkpoint(path: str) -> CausalVAE3D:
 
 
 class PretrainedCausalVAE(FirstStage):
-    """A :class:`CausalVAE3D` trained with ``configs/vae.yaml``, as a frozen first stage.
+    """A VAE trained with ``configs/vae.yaml`` (a :class:`~latentvid.nn.vae3d.CausalVAE3D`) or
+    ``configs/vae-videoldm.yaml`` (a :class:`~latentvid.nn.video_decoder.TemporalDecoderVAE`), as a
+    frozen first stage.
 
     Video (B, 3, T, H, W), T = 1 + k * tf <-> scaled latents (B, C, 1 + k, H / sf, W / sf), with the
     scale / shift stored in the checkpoint. Always in eval mode; ``encode`` runs without gradients.

@@ -20,7 +20,7 @@ import torch
 from latentvid.nn.first_stage import FirstStage
 
 
-def _model_folder(path: str, subfolder: str | None, what: str, example: str) -> Path:
+def model_folder(path: str, subfolder: str | None, what: str, example: str) -> Path:
     """The folder holding the model's config.json; FileNotFoundError saying what to put there."""
     folder = Path(path).expanduser()
     if subfolder:
@@ -109,7 +109,7 @@ class DiffusersImageVAE(_FrozenDiffusersVAE):
         super().__init__()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        folder = _model_folder(path, subfolder, "AutoencoderKL", "stabilityai/sd-vae-ft-mse")
+        folder = model_folder(path, subfolder, "AutoencoderKL", "stabilityai/sd-vae-ft-mse")
         from diffusers import AutoencoderKL  # lazy: diffusers is slow to import
 
         self._freeze(AutoencoderKL.from_pretrained(str(folder), local_files_only=True), scale, shift)
@@ -167,7 +167,7 @@ class DiffusersCogVideoXVAE(_FrozenDiffusersVAE):
         tiling: bool = False,
     ) -> None:
         super().__init__()
-        folder = _model_folder(path, subfolder, "AutoencoderKLCogVideoX", "THUDM/CogVideoX-2b --include 'vae/*'")
+        folder = model_folder(path, subfolder, "AutoencoderKLCogVideoX", "THUDM/CogVideoX-2b --include 'vae/*'")
         from diffusers import AutoencoderKLCogVideoX  # lazy: diffusers is slow to import
 
         self._freeze(AutoencoderKLCogVideoX.from_pretrained(str(folder), local_files_only=True), scale, shift)

@@ -47,7 +47,7 @@ def _triple(value: int | tuple[int, int, int], name: str) -> tuple[int, int, int
     return (int(value[0]), int(value[1]), int(value[2]))
 
 
-def _num_groups(channels: int) -> int:
+def group_count(channels: int) -> int:
     """GroupNorm groups: at most 32 and at least 2 channels per group where possible.
 
     (One channel per group would be instance norm, which removes every channel's per-frame mean;
@@ -162,7 +162,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     """"group": per-frame GroupNorm (32 groups or fewer); "rms": per-position channel RMS norm;
     "none": identity."""
     if kind == "group":
-        return FrameGroupNorm(_num_groups(channels), channels, eps=1e-6)
+        return FrameGroupNorm(group_count(channels), channels, eps=1e-6)
     if kind == "rms":
         return ChannelRMSNorm(channels)
     if kind == "none":
@@ -590,7 +590,103 @@ def blend_tiles(tiles: Sequence[tuple[torch.Tensor, int, int]], height: int, wid
     return out / total
 
 
-class CausalVAE3D(FirstStage):
+class GaussianAutoencoder(FirstStage):
+    """A first stage with a diagonal Gaussian posterior and a stored latent scale / shift.
+
+    Subclasses implement ``encode_posterior(video) -> DiagonalGaussian`` over raw latents and
+    ``decode_raw(z) -> video``; this class adds the ``FirstStage`` contract on *scaled* latents
+    ``(z - shift) * scale``, the training forward pass and the scale estimate. ``scale`` and
+    ``shift`` are buffers, so they are saved in and restored from checkpoints.
+
+    Args:
+        scale: latent scale (1 / std of raw latents), used when no checkpoint overrides it.
+        shift: latent shift (mean of raw latents), used when no checkpoint overrides it.
+    """
+
+    def __init__(self, scale: float = 1.0, shift: float = 0.0) -> None:
+        super().__init__()
+        if scale == 0:
+            raise ValueError("scale must be non-zero (decode divides by it)")
+        # Buffers, not floats: the scale learnt for a checkpoint travels with it.
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("shift", torch.tensor(float(shift)))
+
+    def encode_posterior(self, video: torch.Tensor) -> DiagonalGaussian:
+        """Video (B, 3, T, H, W) -> raw posterior over (B, C, t, h, w)."""
+        raise NotImplementedError
+
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents (B, C, t, h, w) -> video (B, 3, T, H, W)."""
+        raise NotImplementedError
+
+    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Video (B, 3, T, H, W) in [-1, 1] -> scaled latents (B, C, t, h, w).
+
+        With a ``generator`` the latents are a posterior sample drawn from it; without one, the
+        posterior mean (deterministic). Scaled as ``(z - shift) * scale``.
+        """
+        posterior = self.encode_posterior(video)
+        z = posterior.mode() if generator is None else posterior.sample(generator)
+        return (z - self.shift.to(z.dtype)) * self.scale.to(z.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, C, t, h, w) -> video (B, 3, 1 + (t - 1) * tf, h * sf, w * sf)."""
+        z = latents / self.scale.to(latents.dtype) + self.shift.to(latents.dtype)
+        return self.decode_raw(z)
+
+    # ---- training / calibration --------------------------------------------------------------
+
+    def forward(
+        self, video: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """Video (B, 3, T, H, W) -> (reconstruction (B, 3, T, H, W), raw posterior).
+
+        Decodes a posterior sample (drawn from ``generator``) or, with ``sample_posterior=False``,
+        the mean. A trainer adds its reconstruction loss and ``posterior.kl()`` (B,).
+        """
+        posterior = self.encode_posterior(video)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode_raw(z), posterior
+
+    @torch.no_grad()
+    def estimate_scale(
+        self,
+        batches: Iterable[torch.Tensor],
+        use_shift: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[float, float]:
+        """Set ``scale`` = 1 / std and ``shift`` = mean of the raw latents of ``batches``.
+
+        Args:
+            batches: videos (B, 3, T, H, W); all their latent values are pooled.
+            use_shift: estimate the mean shift; with False the shift is set to 0 (the std is
+                still taken around the mean).
+            generator: encode with posterior samples from it; without one, posterior means
+                (what ``encode`` returns without a generator).
+
+        Returns:
+            (scale, shift) as stored.
+        """
+        count, total, total_sq = 0, 0.0, 0.0
+        device = self.scale.device
+        for video in batches:
+            posterior = self.encode_posterior(video.to(device))
+            z = (posterior.mode() if generator is None else posterior.sample(generator)).double()
+            count += z.numel()
+            total += float(z.sum())
+            total_sq += float(z.pow(2).sum())
+        if count == 0:
+            raise ValueError("estimate_scale got no batches")
+        mean = total / count
+        std = math.sqrt(max(total_sq / count - mean**2, 0.0))
+        if std == 0:
+            raise ValueError("estimate_scale: the latents are constant, cannot scale them to unit std")
+        self.scale.fill_(1.0 / std)
+        self.shift.fill_(mean if use_shift else 0.0)
+        return float(self.scale), float(self.shift)
+
+
+class CausalVAE3D(GaussianAutoencoder):
     """Causal 3D VAE with KL-regularised diagonal Gaussian latents.
 
     Video (B, in_channels, T, H, W) in [-1, 1] with T = 1 + k * temporal_factor and H, W divisible
@@ -648,7 +744,7 @@ class CausalVAE3D(FirstStage):
         norm: str = "group",
         block: str = "resnet",
     ) -> None:
-        super().__init__()
+        super().__init__(scale, shift)
         channel_mult, temporal_downsample = tuple(channel_mult), tuple(bool(f) for f in temporal_downsample)
         if not channel_mult or min(channel_mult) < 1:
             raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {channel_mult!r}")
@@ -665,8 +761,6 @@ class CausalVAE3D(FirstStage):
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
-        if scale == 0:
-            raise ValueError("scale must be non-zero (decode divides by it)")
         self.in_channels = in_channels
         self.latent_channels = latent_channels
         self.block = block
@@ -683,9 +777,6 @@ class CausalVAE3D(FirstStage):
                 block)
         self.encoder = CausalEncoder(in_channels, *arch)
         self.decoder = CausalDecoder(in_channels, *arch)
-        # Buffers, not floats: the scale learnt for a checkpoint travels with it.
-        self.register_buffer("scale", torch.tensor(float(scale)))
-        self.register_buffer("shift", torch.tensor(float(shift)))
 
     # ---- argument checks -------------------------------------------------------------------
 
@@ -772,16 +863,6 @@ class CausalVAE3D(FirstStage):
             return self.tiled_encode(video, self.tile_size, self.tile_overlap, self.chunk_frames)
         return DiagonalGaussian.from_moments(self._encode_moments(video, self.chunk_frames))
 
-    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Video (B, 3, T, H, W) in [-1, 1] -> scaled latents (B, C, t, h, w).
-
-        With a ``generator`` the latents are a posterior sample drawn from it; without one, the
-        posterior mean (deterministic). Scaled as ``(z - shift) * scale``.
-        """
-        posterior = self.encode_posterior(video)
-        z = posterior.mode() if generator is None else posterior.sample(generator)
-        return (z - self.shift.to(z.dtype)) * self.scale.to(z.dtype)
-
     # ---- decode ------------------------------------------------------------------------------
 
     def _decode_frames(self, z: torch.Tensor, chunk_frames: int | None) -> torch.Tensor:
@@ -830,59 +911,3 @@ class CausalVAE3D(FirstStage):
         if self.tile_size is not None and max(z.shape[-2:]) > self.tile_size // self.spatial_factor:
             return self.tiled_decode(z, self.tile_size, self.tile_overlap, self.chunk_frames)
         return self._decode_frames(z, self.chunk_frames)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, C, t, h, w) -> video (B, 3, 1 + (t - 1) * tf, h * sf, w * sf)."""
-        z = latents / self.scale.to(latents.dtype) + self.shift.to(latents.dtype)
-        return self.decode_raw(z)
-
-    # ---- training / calibration --------------------------------------------------------------
-
-    def forward(
-        self, video: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, DiagonalGaussian]:
-        """Video (B, 3, T, H, W) -> (reconstruction (B, 3, T, H, W), raw posterior).
-
-        Decodes a posterior sample (drawn from ``generator``) or, with ``sample_posterior=False``,
-        the mean. A trainer adds its reconstruction loss and ``posterior.kl()`` (B,).
-        """
-        posterior = self.encode_posterior(video)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return self.decode_raw(z), posterior
-
-    @torch.no_grad()
-    def estimate_scale(
-        self,
-        batches: Iterable[torch.Tensor],
-        use_shift: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> tuple[float, float]:
-        """Set ``scale`` = 1 / std and ``shift`` = mean of the raw latents of ``batches``.
-
-        Args:
-            batches: videos (B, 3, T, H, W); all their latent values are pooled.
-            use_shift: estimate the mean shift; with False the shift is set to 0 (the std is
-                still taken around the mean).
-            generator: encode with posterior samples from it; without one, posterior means
-                (what ``encode`` returns without a generator).
-
-        Returns:
-            (scale, shift) as stored.
-        """
-        count, total, total_sq = 0, 0.0, 0.0
-        device = self.scale.device
-        for video in batches:
-            posterior = self.encode_posterior(video.to(device))
-            z = (posterior.mode() if generator is None else posterior.sample(generator)).double()
-            count += z.numel()
-            total += float(z.sum())
-            total_sq += float(z.pow(2).sum())
-        if count == 0:
-            raise ValueError("estimate_scale got no batches")
-        mean = total / count
-        std = math.sqrt(max(total_sq / count - mean**2, 0.0))
-        if std == 0:
-            raise ValueError("estimate_scale: the latents are constant, cannot scale them to unit std")
-        self.scale.fill_(1.0 / std)
-        self.shift.fill_(mean if use_shift else 0.0)
-        return float(self.scale), float(self.shift)
