@@ -1,6 +1,6 @@
 """Prepare data sets for latentvid.
 
-    python tools/prepare_data.py shapes --out data/shapes [--seed 0 --size 32 --frames 8 ...]
+    python tools/prepare_data.py shapes --out data/shapes [--seed 0 --size 32 --frames 9 ...]
     python tools/prepare_data.py shapes --out data/shapes --shards data/shapes-shards   # ... and as shards
     python tools/prepare_data.py shards --root webvid/ --index results.csv --caption-column name \
         --path-format "{page_dir}/{videoid}.mp4" --key-column videoid --out webvid-shards/%06d.tar
@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--out", default="data/shapes", help="output folder")
     shapes.add_argument("--seed", type=int, default=0, help="random seed")
     shapes.add_argument("--size", type=int, default=32, help="frame side in pixels (even)")
-    shapes.add_argument("--frames", type=int, default=8, help="frames per clip")
+    shapes.add_argument("--frames", type=int, default=9,
+                        help="frames per clip (9 = 1 + 4 * 2 fits the causal VAE's 4x temporal compression)")
     shapes.add_argument("--fps", type=int, default=8, help="frame rate stored in the mp4 files")
     shapes.add_argument("--clips-per-combo", type=int, default=4,
                         help="training clips per (colour, shape, direction)")

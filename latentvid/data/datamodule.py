@@ -54,7 +54,7 @@ class ShapesDataModule(LightningDataModule):
     def __init__(
         self,
         root: str = "data/shapes",
-        num_frames: int = 8,
+        num_frames: int = 9,
         size: int = 32,
         batch_size: int = 16,
         num_workers: int = 0,

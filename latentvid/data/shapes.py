@@ -264,7 +264,7 @@ def generate_shapes_dataset(
     root: str | os.PathLike,
     seed: int = 0,
     clips_per_combo: int = 4,
-    num_frames: int = 8,
+    num_frames: int = 9,
     size: int = 32,
     fps: int = 8,
     images_per_combo: int = 2,
