@@ -43,6 +43,7 @@ from latentvid.callbacks.data_position import DataPosition
 from latentvid.callbacks.numerics import NonFiniteError, NumericalGuard
 from latentvid.callbacks.preemption import Preemption
 from latentvid.callbacks.rng import RNGState
+from latentvid.data.sources import DataError
 from latentvid.preflight import PreflightError, check_fit
 
 DEBUG_ENV = "LATENTVID_DEBUG"
@@ -235,6 +236,11 @@ def main(args: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"latentvid: training stopped: {exc}\n")
         sys.exit(1)
+    except DataError as exc:  # a data source that stops working after the start-up checks
+        if debug:
+            raise
+        sys.stderr.write(f"latentvid: data error: {exc}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

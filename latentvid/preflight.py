@@ -8,7 +8,8 @@ first stage's latent channels, cross-attention width vs the text tower's width) 
 the model is built and are reported the same way.
 
 Checked here: paths that must exist (data folders that are not generated, latent folders'
-``meta.json``, ``ckpt_path``); clip lengths against the first stage's temporal factor (a causal VAE
+``meta.json``, ``ckpt_path``); that each streaming data source yields a readable sample (a
+datamodule's ``check_sources()``, e.g. ``VideoTextDataModule``); clip lengths against the first stage's temporal factor (a causal VAE
 takes ``1 + k * factor`` frames); frame sizes against its spatial factor and the U-Net's
 down-sampling; a pre-encoded latent folder against the model's first stage; the clip shape of
 sampling callbacks (``LogSampleVideos``, ``SampleMetrics``) likewise, since they would otherwise
@@ -109,6 +110,9 @@ def check_fit(model: Any, datamodule: Any, callbacks: list[Any], ckpt_path: str 
     pre-encoded latent folder, a callback with ``captions``, ``num_frames``, ``height`` and
     ``width`` samples clips of that shape."""
     problems = _check_paths(datamodule, ckpt_path)
+    check_sources = getattr(datamodule, "check_sources", None)  # streaming sources: can a sample be read?
+    if callable(check_sources):
+        problems += check_sources()
     first_stage, unet = getattr(model, "first_stage", None), getattr(model, "unet", None)
     if first_stage is None:
         return problems  # not a diffusion model (e.g. the VAE trainer): only paths apply

@@ -109,6 +109,26 @@ def test_a_latent_folder_and_paths_are_checked_against_the_model(tmp_path: Path,
         assert line in err
 
 
+def test_a_data_source_with_nothing_readable_stops_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    rows = []
+    for i in range(3):  # text files named .mp4: listed, present, undecodable
+        (folder / f"clip{i}.mp4").write_text("not a video")
+        rows.append(json.dumps({"path": f"clip{i}.mp4", "caption": "a red circle moving left"}))
+    (folder / "index.jsonl").write_text("\n".join(rows) + "\n")
+    source = {"class_path": "latentvid.data.folder.VideoFolder", "init_args": {"root": str(folder),
+                                                                                "index": "index.jsonl"}}
+    data = json.dumps({"class_path": "latentvid.data.video_text.VideoTextDataModule",
+                       "init_args": {"video": source, "clip": {"num_frames": 4, "size": 16}, "batch_size": 2,
+                                     "num_workers": 0}})
+    code, err = _run_main(["fit", "-c", str(TINY), "--trainer.default_root_dir", str(tmp_path / "run"), "--data", data],
+                          monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert "the run cannot start" in err and "data.video:" in err and str(folder) in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_find_last_checkpoint_takes_the_newest_and_ignores_partial_writes(tmp_path: Path) -> None:
     assert find_last_checkpoint([tmp_path, tmp_path / "absent"]) is None
     old = tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt"
