@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         sys.exit(f"sample.py: {exc}")
     data_hp = ckpt.get("datamodule_hyper_parameters", {})
     frames = args.frames or data_hp.get("num_frames")
-    size = data_hp.get("size")
-    height, width = args.height or size, args.width or size
+    size = data_hp.get("size")  # an int (square) or [h, w]
+    trained_h, trained_w = (size, size) if not isinstance(size, (list, tuple)) else size
+    height, width = args.height or trained_h, args.width or trained_w
     if not (frames and height and width):
         sys.exit("sample.py: the checkpoint does not record the clip shape; pass --frames, --height and --width")
 
