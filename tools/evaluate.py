@@ -19,6 +19,9 @@ next to the plain baseline (bicubic upsampling for SSR, repeated frames for TSR,
 between the input frames); PSNR per clip, averaged over clips:
     python tools/evaluate.py --sr-ckpt runs/ssr/checkpoints/last.ckpt --real data/shapes-64/heldout.jsonl
 
+A VAE's reconstructions of held-out clips (encode, decode the posterior mean; PSNR per clip as above):
+    python tools/evaluate.py --vae-ckpt data/vae/shapes-vae.ckpt --real data/shapes/heldout.jsonl
+
 Metrics: probe = shapes probe accuracy (colour, shape, direction, all; needs shapes captions);
 fvd = Frechet Video Distance to --real (I3D weights: --i3d or --i3d-torchscript); clip = CLIPSIM
 (open_clip weights: --clip-checkpoint or --clip-arch local-dir:PATH); psnr / ssim = mean over
@@ -76,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     one.add_argument("--sr-ckpt", metavar="PATH",
                      help="SR stage checkpoint: super-resolve degraded --real clips, score against the originals "
                           "and the bicubic (SSR) / repeated-frame (TSR) baseline (metrics psnr,ssim)")
+    one.add_argument("--vae-ckpt", metavar="PATH",
+                     help="VAE checkpoint (configs/vae.yaml): reconstruct --real clips, score against them "
+                          "(metrics psnr,ssim)")
     gen = p.add_argument_group("sampling (with --ckpt)")
     add = gen.add_argument
     add("--prompts", metavar="FILE", help="text file, one caption per line")
@@ -424,6 +430,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     torch.backends.cudnn.deterministic = True
     if args.sr_ckpt:
         return evaluate_sr(args)
+    if args.vae_ckpt:
+        return evaluate_vae(args)
     names = args.metric_names
     pairwise = [n for n in names if n in ("psnr", "ssim")]
     if ("fvd" in names or pairwise) and not args.real:
@@ -633,6 +641,53 @@ def evaluate_sr(args: argparse.Namespace) -> dict[str, Any]:
     if "psnr" in names:
         results[f"psnr_gain_over_{baseline}"] = {
             "value": results["psnr"]["value"] - results[f"psnr_{baseline}"]["value"], "n": n}
+    return report
+
+
+def evaluate_vae(args: argparse.Namespace) -> dict[str, Any]:
+    """Score a VAE's reconstructions (posterior mean, decoded) of the --real clips against them.
+
+    PSNR per clip (averaged over clips) and SSIM per frame, as for ``--sr-ckpt``. Clips whose frame
+    count does not fit the VAE's temporal factor are an error naming the file."""
+    import torch
+
+    from latentvid.data.video import to_uint8, write_video
+    from latentvid.models.autoencoder import load_vae_from_checkpoint
+
+    names = [n for n in args.metric_names if n != "probe"] or ["psnr", "ssim"]
+    if set(names) - {"psnr", "ssim"}:
+        raise EvalError(f"--vae-ckpt scores psnr and ssim, not {sorted(set(names) - {'psnr', 'ssim'})}")
+    if not args.real:
+        raise EvalError("--vae-ckpt needs --real: the clips to reconstruct")
+    try:
+        vae = load_vae_from_checkpoint(args.vae_ckpt).to(args.device)
+    except (FileNotFoundError, ValueError) as err:
+        raise EvalError(_one_line(err)) from err
+    items = _real_with_captions(args.real)[: args.limit or None]
+    if not items:
+        raise EvalError(f"no clips in --real {args.real}")
+    args.metric_names = names
+    metrics = _sr_metrics(args)
+    out = Path(args.save_videos) if args.save_videos else None
+    report: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k != "metric_names"}, "metrics": {},
+                              "checkpoint": {"path": str(Path(args.vae_ckpt).resolve())}, "videos": []}
+    n = 0
+    for batch in read_batches(items, args.batch_size, "reconstructing"):
+        video = batch.videos.to(args.device)  # (B, 3, T, H, W)
+        try:
+            with torch.no_grad():
+                recon = vae.decode(vae.encode(video)).clamp(-1, 1)
+        except ValueError as err:
+            raise EvalError(f"{batch.paths[0]}: {_one_line(err)}") from err
+        for name in names:
+            metrics[name].update(*_sr_inputs(name, recon, video))
+        for i, path in enumerate(batch.paths):
+            report["videos"].append({"name": path.name})
+            if out is not None:
+                write_video(out / path.name, to_uint8(recon[i].float().cpu()), fps=args.fps)
+        n += video.shape[0]
+    for name in names:
+        report["metrics"][name] = {"value": _as_number(metrics[name].compute()), "n": n}
     return report
 
 
