@@ -33,6 +33,7 @@ import logging
 from collections.abc import Callable
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -93,6 +94,12 @@ def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bi
     return out.transpose(1, 2)  # (B, h, Lq, d)
 
 
+# Exceptions torch raises through our code on purpose: non-reentrant checkpointing stops a
+# recomputation early by raising one. Never read as "this backend is broken".
+_CONTROL_FLOW: tuple[type[BaseException], ...] = tuple(
+    cls for cls in (getattr(torch.utils.checkpoint, "_StopRecomputationError", None),) if cls is not None
+)
+
 _IMPLS: dict[str, _Impl] = {"xformers": _xformers_attention, "sdpa": _sdpa_attention, "math": _math_attention}
 _auto_choice: dict[_SettingKey, str] = {}
 _broken: set[tuple[_SettingKey, str]] = set()
@@ -124,7 +131,11 @@ def _probe(name: str, device: torch.device, dtype: torch.dtype, has_mask: bool, 
         else contextlib.nullcontext()
     )
     # The first call may come from inside no_grad / inference_mode (sampling); probe training too.
-    with torch.inference_mode(False), torch.enable_grad(), autocast_off:
+    # It may also come from inside a checkpointed block, whose saved-tensor hooks would record the
+    # probe's tensors and then miss them when the block is recomputed (the probe is cached by then):
+    # identity hooks keep the probe out of the checkpoint's bookkeeping.
+    with torch.inference_mode(False), torch.enable_grad(), autocast_off, \
+            torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         q, k, v, mask, bias = _probe_inputs(device, dtype, has_mask, has_bias)
         try:
             out = _IMPLS[name](q, k, v, mask, bias)
@@ -220,8 +231,8 @@ def attention(
         try:
             out = _IMPLS[name](q, k, v, mask, bias)
             break
-        except torch.OutOfMemoryError:
-            raise  # a smaller kernel will not fit either; do not blame the backend
+        except (torch.OutOfMemoryError, *_CONTROL_FLOW):
+            raise  # a smaller kernel will not fit either / checkpoint's early stop: not the backend's fault
         except Exception as err:
             _broken.add((key, name))
             logger.warning(

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentvid.nn.attention import TemporalAttention, check_backend, num_heads, select_backend
+from latentvid.nn.attention import TemporalAttention, check_backend, num_heads
 from latentvid.nn.layers import ScalarEmbedding, sinusoidal_embedding
 from latentvid.nn.sd_blocks import (
     ClipLayout,
@@ -489,16 +489,6 @@ class InflatedUNet3D(nn.Module):
         return fractional_timestep(logsnr, table)
 
     # ---- forward -------------------------------------------------------------------------------
-    def _probe_attention_backends(self, device: torch.device, context_mask: bool, frame_mask: bool) -> None:
-        """Let ``attention_backend="auto"`` probe its kernels now, outside checkpointed layers: the
-        probe's own forward and backward would otherwise be recorded by the first checkpointed
-        forward and not by its recomputation, which checkpointing rejects."""
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        dtype = dtype or self.conv_in.weight.dtype
-        # (mask, bias): spatial self-attention, cross-attention, temporal attention (relative position bias)
-        for has_mask, has_bias in {(False, False), (context_mask, False), (frame_mask, True)}:
-            select_backend(device, dtype, has_mask, has_bias)
-
     def _check_inputs(self, x: Tensor, logsnr: Tensor, context: Tensor | None, context_mask: Tensor | None,
                       fps: Tensor | None, frame_mask: Tensor | None, extra: Tensor | None) -> None:
         """Raise ValueError naming the argument whose shape or presence is wrong."""
@@ -562,8 +552,6 @@ class InflatedUNet3D(nn.Module):
             emb = emb + self.extra_embed(extra)
         emb = emb.repeat_interleave(t, dim=0)  # (B*T, E): frame (b, t) sits at row b*T + t
         video = ClipLayout(b, t, frame_mask, self.gradient_checkpointing and self.training)
-        if video.checkpoint and self.attention_backend == "auto" and torch.is_grad_enabled():
-            self._probe_attention_backends(x.device, context_mask is not None, frame_mask is not None)
 
         hs = self.conv_in(x.transpose(1, 2).reshape(b * t, c, h, w))  # (B*T, C0, H, W)
         skips = [hs]

@@ -123,6 +123,23 @@ def test_valid_frames_ignore_masked_frames():
     assert (grad[~frame_mask] == 0).all() and (grad[frame_mask] != 0).any()
 
 
+def test_checkpointing_works_when_the_first_attention_call_probes_the_backend():
+    """With "auto" the first attention call probes backends; inside a checkpointed block that probe
+    must not be seen by the checkpoint's bookkeeping, and the checkpoint's early-stop signal during
+    recomputation must not mark SDPA as broken."""
+    from latentvid.nn import attention as attention_mod
+
+    torch.manual_seed(0)
+    ckpt = tiny_unet(gradient_checkpointing=True).train()
+    x, cond = torch.randn(B, C, T, S, S), conditions()
+    frame_mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    attention_mod.reset_backend_cache()  # the first call below probes, inside a checkpointed block
+    out = ckpt(x, frame_mask=frame_mask, **cond)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in ckpt.parameters() if p.requires_grad)
+    assert not attention_mod._broken, f"a backend was wrongly marked broken: {attention_mod._broken}"
+
+
 def test_gradient_checkpointing_gives_identical_results(monkeypatch):
     torch.manual_seed(0)
     plain = tiny_unet(dropout=0.1)
