@@ -30,6 +30,7 @@ def load(name: str):
         raise SystemExit(f"benchmark.py: {path} is missing")
     spec = importlib.util.spec_from_file_location(f"latentvid_benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up here
     spec.loader.exec_module(module)
     return module
 
