@@ -1,10 +1,9 @@
 #!/usr/bin/env python
 """Encode a folder data set once into latent files, so diffusion training can skip the VAE.
 
-    python tools/encode_latents.py --vae runs/vae/.../checkpoints/last.ckpt --data data/shapes-9 \\
-        --out data/shapes-9-latents
-    python tools/encode_latents.py --vae runs/vae/.../last.ckpt --data data/shapes-9 \\
-        --index heldout.jsonl --out data/shapes-9-latents-val          # held-out clips for validation
+    python tools/encode_latents.py --vae data/vae/shapes-vae.ckpt --data data/shapes --out data/shapes-latents
+    python tools/encode_latents.py --vae data/vae/shapes-vae.ckpt --data data/shapes \\
+        --index heldout.jsonl --out data/shapes-latents-val          # held-out clips for validation
     python tools/encode_latents.py --vae /models/sd-vae-ft-mse --data data/shapes --out data/shapes-sd
 
 ``--vae`` is an ``AutoencoderModule`` checkpoint (``configs/vae.yaml``) or a local diffusers folder

@@ -214,7 +214,9 @@ class LatentDiffusion(LightningModule):
         else:
             video, frame_mask = batch["video"], batch["frame_mask"].bool()
             with torch.no_grad():
-                z0 = self.first_stage.encode(video, generator=generator)  # (B, C, t, h, w)
+                # the posterior mean, in training and validation alike (as tools/encode_latents.py
+                # stores it): a VAE trained on decoded means has an untrained posterior variance
+                z0 = self.first_stage.encode(video)  # (B, C, t, h, w)
                 mask = self.first_stage.latent_mask(frame_mask)  # (B, t)
         b = z0.shape[0]
         captions = list(batch["caption"])

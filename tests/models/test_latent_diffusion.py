@@ -119,3 +119,27 @@ def test_frozen_weights_loaded_from_files_stay_out_of_checkpoints():
     fresh.load_state_dict(ckpt["state_dict"], strict=True)
     for k, v in full.items():
         torch.testing.assert_close(fresh.state_dict()[k], v)
+
+
+def test_the_loss_encodes_posterior_means_even_with_a_seeded_generator():
+    """Validation passes a generator for reproducible noise; it must not turn into posterior
+    samples: a VAE trained on decoded means (configs/vae.yaml) has an untrained posterior variance,
+    and tools/encode_latents.py stores means. The loss equals the one on pre-encoded mean latents."""
+    from latentvid.nn.vae3d import CausalVAE3D
+
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        text = OpenCLIPTextEncoder(random_width=32, random_layers=1, random_heads=2, max_length=16)
+    vae = CausalVAE3D(latent_channels=4, base_channels=8, channel_mult=(1, 2), temporal_downsample=(True, False),
+                      block="factorized", norm="none").eval()
+    unet = UNet3D(in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                  attention_levels=(1,), head_dim=16, context_dim=32, norm_groups=4)
+    model = LatentDiffusion(unet, text, first_stage=vae).eval()
+    batch = shapes_batch(n=2, t=5)
+    with torch.no_grad():
+        latents = {"latents": vae.encode(batch["video"]), "frame_mask": vae.latent_mask(batch["frame_mask"]),
+                   "caption": batch["caption"], "fps": batch["fps"]}
+        t = torch.tensor([0.3, 0.7])
+        from_video = model.diffusion_loss(batch, generator=torch.Generator().manual_seed(5), t=t)
+        pre_encoded = model.diffusion_loss(latents, generator=torch.Generator().manual_seed(5), t=t)
+    torch.testing.assert_close(from_video, pre_encoded)
