@@ -62,7 +62,7 @@ from latentvid.nn.sd_blocks import (
     Transformer2D,
     UpBlock,
 )
-from latentvid.nn.unet3d import FPS_RANGE, LOGSNR_RANGE
+from latentvid.nn.unet3d import FPS_RANGE, LOGSNR_RANGE, check_denoiser_inputs
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
 DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
@@ -491,30 +491,8 @@ class InflatedUNet3D(nn.Module):
     # ---- forward -------------------------------------------------------------------------------
     def _check_inputs(self, x: Tensor, logsnr: Tensor, context: Tensor | None, context_mask: Tensor | None,
                       fps: Tensor | None, frame_mask: Tensor | None, extra: Tensor | None) -> None:
-        """Raise ValueError naming the argument whose shape or presence is wrong."""
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"InflatedUNet3D: x must be (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
-        b, _, t, h, w = x.shape
-        f = self.downsample_factor
-        if h % f or w % f:
-            raise ValueError(f"InflatedUNet3D: H={h} and W={w} must be divisible by {f}")
-        if logsnr.shape != (b,):
-            raise ValueError(f"InflatedUNet3D: logsnr must be ({b},), got {tuple(logsnr.shape)}")
-        if context is None or context.ndim != 3 or context.shape[0] != b or context.shape[2] != self.context_dim:
-            got = None if context is None else tuple(context.shape)
-            raise ValueError(f"InflatedUNet3D: context must be ({b}, L, {self.context_dim}), got {got}")
-        if context_mask is not None and (context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]):
-            raise ValueError(f"InflatedUNet3D: context_mask must be bool {tuple(context.shape[:2])}, "
-                             f"got {context_mask.dtype} {tuple(context_mask.shape)}")
-        if fps is not None and (self.fps_embed is None or fps.shape != (b,)):
-            raise ValueError(f"InflatedUNet3D: fps must be ({b},) with fps_conditioning=True, got {tuple(fps.shape)}")
-        if frame_mask is not None and (frame_mask.dtype != torch.bool or frame_mask.shape != (b, t)):
-            raise ValueError(f"InflatedUNet3D: frame_mask must be bool ({b}, {t}), "
-                             f"got {frame_mask.dtype} {tuple(frame_mask.shape)}")
-        k = self.num_extra_conditions
-        if (extra is None) != (k == 0) or (extra is not None and extra.shape != (b, k)):
-            got = None if extra is None else tuple(extra.shape)
-            raise ValueError(f"InflatedUNet3D: extra must be ({b}, {k}) (None when num_extra_conditions=0), got {got}")
+        """Raise ValueError naming the argument whose shape or presence is wrong (as UNet3D does)."""
+        check_denoiser_inputs(self, x, logsnr, context, context_mask, fps, frame_mask, extra)
 
     def forward(
         self,

@@ -250,38 +250,7 @@ class UNet3D(nn.Module):
         extra: Tensor | None,
     ) -> None:
         """Raise ValueError naming the argument whose shape or presence is wrong."""
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNet3D: x must be (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
-        b, _, t, h, w = x.shape
-        f = self.downsample_factor
-        if h % f or w % f:
-            raise ValueError(f"UNet3D: H={h} and W={w} must be divisible by 2**(len(channel_mult)-1) = {f}")
-        if logsnr.shape != (b,):
-            raise ValueError(f"UNet3D: logsnr must be ({b},), got {tuple(logsnr.shape)}")
-        if self.context_dim is None and context is not None:
-            raise ValueError("UNet3D: context given but the model was built with context_dim=None")
-        if self.context_dim is not None:
-            if context is None or context.ndim != 3 or context.shape[0] != b or context.shape[2] != self.context_dim:
-                got = None if context is None else tuple(context.shape)
-                raise ValueError(f"UNet3D: context must be ({b}, L, {self.context_dim}), got {got}")
-            bad_mask = context_mask is not None and (
-                context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]
-            )
-            if bad_mask:
-                raise ValueError(
-                    f"UNet3D: context_mask must be bool {tuple(context.shape[:2])}, "
-                    f"got {context_mask.dtype} {tuple(context_mask.shape)}"
-                )
-        if fps is not None and (self.fps_embed is None or fps.shape != (b,)):
-            raise ValueError(f"UNet3D: fps must be ({b},) with fps_conditioning=True, got {tuple(fps.shape)}")
-        if frame_mask is not None and (frame_mask.dtype != torch.bool or frame_mask.shape != (b, t)):
-            raise ValueError(
-                f"UNet3D: frame_mask must be bool ({b}, {t}), got {frame_mask.dtype} {tuple(frame_mask.shape)}"
-            )
-        n = self.num_extra_conditions
-        if (extra is None) != (n == 0) or (extra is not None and extra.shape != (b, n)):
-            got = None if extra is None else tuple(extra.shape)
-            raise ValueError(f"UNet3D: extra must be ({b}, {n}) (None when num_extra_conditions=0), got {got}")
+        check_denoiser_inputs(self, x, logsnr, context, context_mask, fps, frame_mask, extra)
 
     def forward(
         self,
@@ -348,3 +317,47 @@ class UNet3D(nn.Module):
             h = self._run(stage, torch.cat([h, skips.pop()], dim=1), cond)
         out = conv_per_frame(self.out_conv, F.silu(self.out_norm(h)))  # (B, C_out, T, H, W)
         return out.contiguous()  # callers get the usual layout (C_out is small)
+
+
+def check_denoiser_inputs(
+    net: nn.Module,
+    x: Tensor,
+    logsnr: Tensor,
+    context: Tensor | None,
+    context_mask: Tensor | None,
+    fps: Tensor | None,
+    frame_mask: Tensor | None,
+    extra: Tensor | None,
+) -> None:
+    """Check the arguments of a video denoiser's ``forward`` (UNet3D's signature) against ``net``.
+
+    ``net`` provides ``in_channels``, ``downsample_factor``, ``context_dim`` (None: no text),
+    ``fps_embed`` (None: no fps conditioning) and ``num_extra_conditions``. Raises ValueError
+    naming the network and the argument whose shape or presence is wrong.
+    """
+    name = type(net).__name__
+    if x.ndim != 5 or x.shape[1] != net.in_channels:
+        raise ValueError(f"{name}: x must be (B, {net.in_channels}, T, H, W), got {tuple(x.shape)}")
+    b, _, t, h, w = x.shape
+    f = net.downsample_factor
+    if h % f or w % f:
+        raise ValueError(f"{name}: H={h} and W={w} must be divisible by its down-sampling factor = {f}")
+    if logsnr.shape != (b,):
+        raise ValueError(f"{name}: logsnr must be ({b},), got {tuple(logsnr.shape)}")
+    if net.context_dim is None and context is not None:
+        raise ValueError(f"{name}: context given but the model was built with context_dim=None")
+    if net.context_dim is not None:
+        if context is None or context.ndim != 3 or context.shape[0] != b or context.shape[2] != net.context_dim:
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"{name}: context must be ({b}, L, {net.context_dim}), got {got}")
+        if context_mask is not None and (context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]):
+            raise ValueError(f"{name}: context_mask must be bool {tuple(context.shape[:2])}, "
+                             f"got {context_mask.dtype} {tuple(context_mask.shape)}")
+    if fps is not None and (net.fps_embed is None or fps.shape != (b,)):
+        raise ValueError(f"{name}: fps must be ({b},) with fps_conditioning=True, got {tuple(fps.shape)}")
+    if frame_mask is not None and (frame_mask.dtype != torch.bool or frame_mask.shape != (b, t)):
+        raise ValueError(f"{name}: frame_mask must be bool ({b}, {t}), got {frame_mask.dtype} {tuple(frame_mask.shape)}")
+    n = net.num_extra_conditions
+    if (extra is None) != (n == 0) or (extra is not None and extra.shape != (b, n)):
+        got = None if extra is None else tuple(extra.shape)
+        raise ValueError(f"{name}: extra must be ({b}, {n}) (None when num_extra_conditions=0), got {got}")

@@ -198,7 +198,7 @@ def test_shapes_and_finite_outputs(overrides, extra_cond):
 def test_bad_inputs_raise_clear_errors():
     model = tiny_unet(channel_mult=(1, 2, 2))
     cond = conditions()
-    with pytest.raises(ValueError, match=r"H=10 and W=8 must be divisible by .* = 4"):
+    with pytest.raises(ValueError, match=r"UNet3D: H=10 and W=8 must be divisible by .* = 4"):
         model(torch.randn(B, C, T, 10, 8), **cond)
     x = torch.randn(B, C, T, S, S)
     with pytest.raises(ValueError, match="context must be"):
