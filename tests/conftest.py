@@ -9,6 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions on a shared 2-core machine run many times faster on one thread; modules opt
+    in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # ---- tiny random Stable Diffusion folders (diffusers layout), for the SD fine-tuning path ----------
 
 # U-Net configs shaped like SD 1.x (conv projections, one head count) and SD 2.x (linear projections,

@@ -22,12 +22,7 @@ C, LT, LH = 4, 3, 4  # latents (4, 3, 4, 4): 9 frames of 16 x 16 through sf = 4,
 NUM_VIDEOS, NUM_IMAGES = 6, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
 
 
 def write_latent_folder(root: Path, num_videos: int = NUM_VIDEOS, num_images: int = NUM_IMAGES,

@@ -39,13 +39,7 @@ T, SIZE = 5, 16  # 1 + 2 * 2 frames: fits the tiny VAE's temporal factor 2
 TINY_VAE = dict(base_channels=8, channel_mult=(1, 2), temporal_downsample=(True, False), latent_channels=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs on a shared 2-core machine run faster on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

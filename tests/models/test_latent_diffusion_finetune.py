@@ -18,12 +18,7 @@ from latentvid.nn.inflated_unet import InflatedUNet3D
 from latentvid.nn.unet3d import UNet3D
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
 
 
 def sd_model(root, **kwargs) -> LatentDiffusion:

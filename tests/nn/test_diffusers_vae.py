@@ -11,13 +11,7 @@ from diffusers import AutoencoderKL, AutoencoderKLCogVideoX
 from latentvid.nn.diffusers_vae import DiffusersCogVideoXVAE, DiffusersImageVAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs on a shared 2-core machine run many times faster on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

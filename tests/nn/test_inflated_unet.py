@@ -23,13 +23,7 @@ from latentvid.nn.sd_blocks import TemporalLayer
 KINDS = ["sd1", "sd2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs on a shared 2-core machine run many times faster on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
 
 
 def inputs(model: InflatedUNet3D, b: int = 2, t: int = 3, size: int = 16, seed: int = 0):

@@ -13,12 +13,7 @@ from latentvid.nn.attention import TemporalAttention
 from latentvid.nn.sd_blocks import ClipLayout, ResnetBlock, SDAttention, TemporalConv, TemporalLayer, Transformer2D
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
 
 
 def load_same(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:

@@ -15,12 +15,7 @@ from latentvid.models.autoencoder import AutoencoderModule, PretrainedCausalVAE
 from latentvid.nn.video_decoder import TemporalDecoderVAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ T, SIZE = 5, 16
 VAE_ARGS = {"base_channels": 8, "channel_mult": [1, 2], "temporal_downsample": [True, False], "latent_channels": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
