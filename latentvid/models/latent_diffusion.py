@@ -143,27 +143,32 @@ class LatentDiffusion(LightningModule):
             raise ValueError("model config does not chain:\n  " + "\n  ".join(problems))
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def _weights_from_files(self) -> tuple[str, ...]:
-        """State-dict prefixes of frozen sub-modules that load their weights from a file named in
-        the config (a real open_clip tower, a pretrained VAE): no need to copy them into every checkpoint."""
+    def _weights_from_files(self) -> set[str]:
+        """State-dict keys of frozen weights that load from a file named in the config (a real
+        open_clip / CLIP tower, a pretrained VAE, a frozen inflated image U-Net's spatial layers): no
+        need to copy them into every checkpoint; ``on_load_checkpoint`` refills them."""
         prefixes = []
         if not getattr(self.text_encoder, "is_random", True):
             prefixes.append("text_encoder.")
         if getattr(self.first_stage, "weights_path", None):
             prefixes.append("first_stage.")
-        return tuple(prefixes)
+        keys = {k for k in self.state_dict() if k.startswith(tuple(prefixes))}
+        if getattr(self.unet, "pretrained", None) and hasattr(self.unet, "is_temporal"):
+            keys |= {f"unet.{name}" for name, p in self.unet.named_parameters()
+                     if not p.requires_grad and not self.unet.is_temporal(name)}
+        return keys
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # runs after callbacks (EMA moves the raw weights to "current_model_state"), so strip both copies
-        prefixes = self._weights_from_files()
+        skip = self._weights_from_files()
         for key in ("state_dict", "current_model_state"):
-            if prefixes and key in checkpoint:
-                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if not k.startswith(prefixes)}
+            if skip and key in checkpoint:
+                checkpoint[key] = {k: v for k, v in checkpoint[key].items() if k not in skip}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # refill what on_save_checkpoint left out from the weights this module loaded itself
-        prefixes = self._weights_from_files()
-        own = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)} if prefixes else {}
+        skip = self._weights_from_files()
+        own = {k: v for k, v in self.state_dict().items() if k in skip}
         for key in ("state_dict", "current_model_state"):
             if key in checkpoint:
                 for k, v in own.items():

@@ -41,7 +41,7 @@ class _FrozenDiffusersVAE(FirstStage):
 
     vae: Any
 
-    def _freeze(self, vae: Any, scale: float | None, shift: float | None) -> None:
+    def _freeze(self, vae: Any, scale: float | None, shift: float | None, folder: Path) -> None:
         vae.requires_grad_(False)
         vae.eval()
         self.vae = vae
@@ -53,6 +53,8 @@ class _FrozenDiffusersVAE(FirstStage):
             raise ValueError("scale must be non-zero (decode divides by it)")
         self.latent_channels = int(config.latent_channels)
         self.spatial_factor = 2 ** (len(config.block_out_channels) - 1)
+        # reloaded from its folder, so LatentDiffusion leaves these weights out of its checkpoints
+        self.weights_path = str(folder)
 
     def train(self, mode: bool = True) -> _FrozenDiffusersVAE:
         """Frozen: stays in eval mode whatever the parent module does."""
@@ -112,7 +114,7 @@ class DiffusersImageVAE(_FrozenDiffusersVAE):
         folder = model_folder(path, subfolder, "AutoencoderKL", "stabilityai/sd-vae-ft-mse")
         from diffusers import AutoencoderKL  # lazy: diffusers is slow to import
 
-        self._freeze(AutoencoderKL.from_pretrained(str(folder), local_files_only=True), scale, shift)
+        self._freeze(AutoencoderKL.from_pretrained(str(folder), local_files_only=True), scale, shift, folder)
         self.temporal_factor = 1
         self.chunk_size = chunk_size
 
@@ -170,7 +172,8 @@ class DiffusersCogVideoXVAE(_FrozenDiffusersVAE):
         folder = model_folder(path, subfolder, "AutoencoderKLCogVideoX", "THUDM/CogVideoX-2b --include 'vae/*'")
         from diffusers import AutoencoderKLCogVideoX  # lazy: diffusers is slow to import
 
-        self._freeze(AutoencoderKLCogVideoX.from_pretrained(str(folder), local_files_only=True), scale, shift)
+        self._freeze(AutoencoderKLCogVideoX.from_pretrained(str(folder), local_files_only=True), scale, shift,
+                     folder)
         self.temporal_factor = int(self.vae.config.temporal_compression_ratio)
         if tiling:
             self.vae.enable_tiling()

@@ -30,5 +30,6 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: b
     cls = getattr(importlib.import_module(module), name)
     model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     if not ema and "current_model_state" in ckpt:
+        model.on_load_checkpoint(ckpt)  # refills weights left out because they reload from files
         model.load_state_dict(ckpt["current_model_state"])
     return model.to(device).eval(), ckpt

@@ -113,3 +113,26 @@ def test_bad_fine_tuning_options_are_named(tiny_sd):
                              context_dim=32, norm_groups=4, head_dim=8))
     with pytest.raises(ValueError, match="spatial_lr_scale must be >= 0"):
         sd_model(root, spatial_lr_scale=-1.0)
+
+
+@pytest.mark.parametrize("spatial_lr_scale", [None, 0.1])
+def test_checkpoints_leave_out_the_weights_the_sd_folder_reloads(tiny_sd, spatial_lr_scale):
+    """Frozen weights that come from the SD folder (text tower, VAE, and the U-Net's spatial layers
+    when frozen) are not copied into every checkpoint; loading refills them from the folder."""
+    root = tiny_sd("sd1")
+    model = sd_model(root, spatial_lr_scale=spatial_lr_scale)
+    train_steps(model, 1)
+    full = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = {"state_dict": dict(full)}
+    model.on_save_checkpoint(ckpt)
+    kept = set(ckpt["state_dict"])
+    assert not any(k.startswith(("text_encoder.", "first_stage.")) for k in kept)
+    spatial = {f"unet.{n}" for n, _ in model.unet.named_parameters() if not model.unet.is_temporal(n)}
+    temporal = {f"unet.{n}" for n, _ in model.unet.named_parameters() if model.unet.is_temporal(n)}
+    assert temporal <= kept
+    assert (spatial & kept == set()) if spatial_lr_scale is None else (spatial <= kept)  # trained: must be kept
+    fresh = sd_model(root, spatial_lr_scale=spatial_lr_scale)
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"], strict=True)
+    for k, v in full.items():
+        torch.testing.assert_close(fresh.state_dict()[k], v)

@@ -1,0 +1,63 @@
+"""latentvid/pipelines/loading.py: rebuild a module from a real `latentvid fit` checkpoint, EMA or raw."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import yaml
+
+from latentvid.nn.vae3d import CausalVAE3D
+from latentvid.pipelines.loading import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+VAE = {"latent_channels": 4, "base_channels": 8, "channel_mult": [1, 2], "temporal_downsample": [True, False],
+       "norm": "none", "block": "factorized"}
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory) -> Path:
+    """Two EMA steps of the tiny config in the latent space of a VAE that loads from its own file."""
+    from latentvid.cli import main
+
+    tmp = tmp_path_factory.mktemp("latent_run")
+    torch.manual_seed(0)
+    vae_ckpt = tmp / "vae.ckpt"
+    torch.save({"hyper_parameters": {"vae": {"class_path": "latentvid.nn.vae3d.CausalVAE3D", "init_args": VAE}},
+                "state_dict": {f"vae.{k}": v for k, v in CausalVAE3D(**VAE, scale=0.5).state_dict().items()}},
+               vae_ckpt)
+    config = yaml.safe_load(TINY.read_text())
+    config["trainer"].update(default_root_dir=str(tmp / "run"), max_steps=2, val_check_interval=2, logger=False)
+    for cb in config["trainer"]["callbacks"]:
+        if cb["class_path"].endswith("LogSampleVideos"):
+            cb["init_args"]["num_frames"] = 5  # 1 + 2 * 2 frames: the VAE's temporal factor is 2
+    model = config["model"]["init_args"]
+    model["first_stage"] = {"class_path": "latentvid.models.autoencoder.PretrainedCausalVAE",
+                            "init_args": {"checkpoint": str(vae_ckpt)}}
+    model["clip_sample"] = None
+    model["unet"]["init_args"].update(in_channels=4, out_channels=4)
+    config["data"]["init_args"].update(root=str(tmp / "shapes"), num_frames=5)
+    (tmp / "latent.yaml").write_text(yaml.safe_dump(config))
+    with mock.patch.object(sys, "argv", ["latentvid"]):
+        main(["fit", "-c", str(tmp / "latent.yaml")])
+    ckpts = sorted((tmp / "run").rglob("last.ckpt"))
+    assert ckpts
+    return ckpts[0]
+
+
+def test_raw_weights_load_even_when_file_backed_weights_were_left_out(latent_run: Path) -> None:
+    ckpt = torch.load(latent_run, map_location="cpu", weights_only=True)
+    assert not any(k.startswith("first_stage.") for k in ckpt["current_model_state"]), "the VAE reloads from its file"
+    ema, _ = load_model(latent_run, ema=True)
+    raw, _ = load_model(latent_run, ema=False)  # strict load of the raw weights: the VAE must be refilled
+    raw_unet = {k: v for k, v in ckpt["current_model_state"].items() if k.startswith("unet.")}
+    for k, v in raw_unet.items():
+        torch.testing.assert_close(raw.state_dict()[k], v)
+    assert any(not torch.equal(ema.state_dict()[k], v) for k, v in raw_unet.items()), "EMA and raw weights differ"
+    for k, v in raw.state_dict().items():
+        if k.startswith("first_stage."):
+            torch.testing.assert_close(v, ema.state_dict()[k])  # both from the VAE file
