@@ -20,13 +20,14 @@ Needs the optional ``transformers`` dependency: ``pip install "latentvid[sd]"``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from latentvid.conditioning.caption_cache import CaptionCache
 
 LAYERS = ("last", "penultimate")
 
@@ -112,7 +113,7 @@ class HFCLIPTextEncoder(nn.Module):
         self.is_random = False  # weights come from a file: left out of LatentDiffusion checkpoints
         self.model.requires_grad_(False)
         self.model.eval()
-        self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self._cache = CaptionCache(cache_size)
 
     @property
     def output_dim(self) -> int:
@@ -176,24 +177,11 @@ class HFCLIPTextEncoder(nn.Module):
         if not captions:
             return weight.new_zeros(0, self.max_length, self.output_dim), torch.zeros(
                 0, self.max_length, dtype=torch.bool, device=weight.device)
-        found: dict[str, tuple[Tensor, Tensor]] = {}
-        for caption in dict.fromkeys(captions):
-            if caption in self._cache:
-                self._cache.move_to_end(caption)
-                found[caption] = self._cache[caption]
-        missing = [c for c in dict.fromkeys(captions) if c not in found]
-        if missing:
+
+        def encode(missing: list[str]) -> tuple[Tensor, Tensor]:
             tokens, real = self.tokenize(missing)  # (N, L) each
             features = self.encode_tokens(tokens, real)  # (N, L, D)
-            mask = real if self.mask_padding else torch.ones_like(real)
-            mask = mask.to(features.device)
-            for i, caption in enumerate(missing):
-                found[caption] = (features[i].clone(), mask[i].clone())  # clone: rows would pin the batch
-                if self.cache_size > 0:
-                    self._cache[caption] = found[caption]
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        # fresh tensors: callers may modify them, and entries cached under inference_mode stay usable
-        context = torch.stack([found[c][0] for c in captions])  # (B, L, D)
-        context_mask = torch.stack([found[c][1] for c in captions])  # (B, L)
+            return features, real if self.mask_padding else torch.ones_like(real)
+
+        context, context_mask = self._cache(captions, encode)  # (B, L, D), (B, L)
         return context, context_mask

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +31,8 @@ import torch
 from open_clip.factory import load_state_dict as _open_clip_load_state_dict
 from open_clip.model import CLIPTextCfg, _build_text_tower
 from torch import Tensor, nn
+
+from latentvid.conditioning.caption_cache import CaptionCache
 
 __all__ = ["OpenCLIPTextEncoder", "RandomTextTowerWarning", "caption_dropout", "token_mask"]
 
@@ -259,7 +260,7 @@ class OpenCLIPTextEncoder(nn.Module):
         self.text.to(DTYPES[dtype])
 
         self.tokenizer = _tokenizer(max_length)
-        self._cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self._cache = CaptionCache(cache_size)
 
     # ----------------------------------------------------------------------------- construction
 
@@ -440,31 +441,11 @@ class OpenCLIPTextEncoder(nn.Module):
             ref = self.text.token_embedding.weight
             empty_mask = torch.zeros(0, self.max_length, dtype=torch.bool, device=ref.device)
             return ref.new_zeros(0, self.max_length, self.output_dim), empty_mask
-        found: dict[str, tuple[Tensor, Tensor]] = {}
-        for caption in dict.fromkeys(captions):
-            if caption in self._cache:
-                self._cache.move_to_end(caption)
-                found[caption] = self._cache[caption]
-        missing = [c for c in dict.fromkeys(captions) if c not in found]
-
-        if missing:
+        def encode(missing: list[str]) -> tuple[Tensor, Tensor]:
             tokens, mask = self.tokenize(missing)  # (N, L) each
-            features = self.encode_tokens(tokens)  # (N, L, D)
-            mask = mask.to(features.device)
-            # clone: a row view would pin the whole batch's storage in the cache
-            for i, caption in enumerate(missing):
-                found[caption] = (features[i].clone(), mask[i].clone())
-            if self.cache_size > 0:
-                for caption in missing:
-                    self._cache[caption] = found[caption]
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+            return self.encode_tokens(tokens), mask  # (N, L, D), (N, L)
 
-        # torch.stack returns fresh tensors: callers may modify them in place, and entries cached
-        # under torch.inference_mode (e.g. Lightning's validation) come back as ordinary tensors
-        # that a training step may save for backward.
-        context = torch.stack([found[c][0] for c in captions])  # (B, L, D)
-        context_mask = torch.stack([found[c][1] for c in captions])  # (B, L)
+        context, context_mask = self._cache(captions, encode)  # (B, L, D), (B, L)
         if self.dtype_name != "float32":
             context = context.float()  # a reduced-precision tower still hands over float32 features
         return context, context_mask
