@@ -489,11 +489,6 @@ class InflatedUNet3D(nn.Module):
         return fractional_timestep(logsnr, table)
 
     # ---- forward -------------------------------------------------------------------------------
-    def _check_inputs(self, x: Tensor, logsnr: Tensor, context: Tensor | None, context_mask: Tensor | None,
-                      fps: Tensor | None, frame_mask: Tensor | None, extra: Tensor | None) -> None:
-        """Raise ValueError naming the argument whose shape or presence is wrong (as UNet3D does)."""
-        check_denoiser_inputs(self, x, logsnr, context, context_mask, fps, frame_mask, extra)
-
     def forward(
         self,
         x: Tensor,
@@ -519,7 +514,7 @@ class InflatedUNet3D(nn.Module):
         Returns:
             (B, C_out, T, H, W).
         """
-        self._check_inputs(x, logsnr, context, context_mask, fps, frame_mask, extra)
+        check_denoiser_inputs(self, x, logsnr, context, context_mask, fps, frame_mask, extra)
         b, c, t, h, w = x.shape
         timestep = self.timestep_from_logsnr(logsnr)  # (B,) float64, fractional
         dtype = self.conv_in.weight.dtype

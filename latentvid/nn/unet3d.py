@@ -239,19 +239,6 @@ class UNet3D(nn.Module):
             return checkpoint(stage, x, *cond, use_reentrant=False)
         return stage(x, *cond, checkpoint_attention=mode == "attention")
 
-    def _check_inputs(
-        self,
-        x: Tensor,
-        logsnr: Tensor,
-        context: Tensor | None,
-        context_mask: Tensor | None,
-        fps: Tensor | None,
-        frame_mask: Tensor | None,
-        extra: Tensor | None,
-    ) -> None:
-        """Raise ValueError naming the argument whose shape or presence is wrong."""
-        check_denoiser_inputs(self, x, logsnr, context, context_mask, fps, frame_mask, extra)
-
     def forward(
         self,
         x: Tensor,
@@ -277,7 +264,7 @@ class UNet3D(nn.Module):
         Returns:
             (B, C_out, T, H, W).
         """
-        self._check_inputs(x, logsnr, context, context_mask, fps, frame_mask, extra)
+        check_denoiser_inputs(self, x, logsnr, context, context_mask, fps, frame_mask, extra)
         if frame_mask is not None and not torch.compiler.is_compiling() and bool(frame_mask.all()):
             frame_mask = None  # nothing to mask (one host sync): take the mask-free kernels
         body = self._body
