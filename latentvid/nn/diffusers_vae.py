@@ -36,6 +36,17 @@ def model_folder(path: str, subfolder: str | None, what: str, example: str) -> P
     return folder
 
 
+def latent_space(config: Any, scale: float | None, shift: float | None) -> tuple[float, float, int, int]:
+    """``(scale, shift, latent_channels, spatial_factor)`` of a diffusers VAE from its ``config``.
+
+    ``scale`` / ``shift`` None take the config's ``scaling_factor`` / ``shift_factor`` (0 when it
+    has none, as in SD's VAEs); the spatial factor is 2 ** (number of levels - 1).
+    """
+    scale = float(config.scaling_factor if scale is None else scale)
+    shift = float((getattr(config, "shift_factor", None) or 0.0) if shift is None else shift)
+    return scale, shift, int(config.latent_channels), 2 ** (len(config.block_out_channels) - 1)
+
+
 class _FrozenDiffusersVAE(FirstStage):
     """Shared part: holds a frozen diffusers VAE and the latent scale / shift."""
 
@@ -45,14 +56,9 @@ class _FrozenDiffusersVAE(FirstStage):
         vae.requires_grad_(False)
         vae.eval()
         self.vae = vae
-        config = vae.config
-        self.scale = float(config.scaling_factor if scale is None else scale)
-        config_shift = getattr(config, "shift_factor", None)
-        self.shift = float((config_shift or 0.0) if shift is None else shift)
+        self.scale, self.shift, self.latent_channels, self.spatial_factor = latent_space(vae.config, scale, shift)
         if self.scale == 0:
             raise ValueError("scale must be non-zero (decode divides by it)")
-        self.latent_channels = int(config.latent_channels)
-        self.spatial_factor = 2 ** (len(config.block_out_channels) - 1)
         # reloaded from its folder, so LatentDiffusion leaves these weights out of its checkpoints
         self.weights_path = str(folder)
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentvid.nn.diffusers_vae import model_folder
+from latentvid.nn.diffusers_vae import latent_space, model_folder
 from latentvid.nn.vae3d import CausalConv3d, DiagonalGaussian, FrameGroupNorm, GaussianAutoencoder, group_count
 
 
@@ -106,12 +106,10 @@ class TemporalDecoderVAE(GaussianAutoencoder):
         from diffusers import AutoencoderKL  # lazy: diffusers is slow to import
 
         vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
-        config = vae.config
-        scale = float(config.scaling_factor if scale is None else scale)
-        shift = float((getattr(config, "shift_factor", None) or 0.0) if shift is None else shift)
+        scale, shift, latent_channels, spatial_factor = latent_space(vae.config, scale, shift)
         super().__init__(scale, shift)
-        self.latent_channels = int(config.latent_channels)
-        self.spatial_factor = 2 ** (len(config.block_out_channels) - 1)
+        self.latent_channels = latent_channels
+        self.spatial_factor = spatial_factor
         self.temporal_factor = 1
         self.encoder = nn.ModuleDict({"encoder": vae.encoder, "quant_conv": _or_identity(vae.quant_conv)})
         self.encoder.requires_grad_(False)
