@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str, str], types.ModuleType]:
+    """``load_script("tools/evaluate.py", name)``: a repository script (tools/ and benchmarks/ are not
+    packages) executed as a fresh module, registered in sys.modules under ``name`` (dataclasses look
+    their module up there)."""
+
+    def load(relpath: str, name: str) -> types.ModuleType:
+        spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
 
 @pytest.fixture(scope="module")
 def one_thread():

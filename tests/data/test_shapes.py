@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -29,7 +28,6 @@ from latentvid.data.shapes import (
 )
 from latentvid.data.video import read_frames
 
-REPO = Path(__file__).resolve().parents[2]
 # unit vector of the centroid's motion in (x, y) image coordinates, rows growing downward
 EXPECTED_MOTION = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
@@ -252,10 +250,8 @@ def test_incomplete_folder_is_regenerated(tmp_path: Path) -> None:
     assert not list(root.rglob("*.tmp*"))
 
 
-def test_prepare_data_tool_generates_shapes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    spec = importlib.util.spec_from_file_location("prepare_data", REPO / "tools" / "prepare_data.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_prepare_data_tool_generates_shapes(tmp_path: Path, capsys: pytest.CaptureFixture, load_script) -> None:
+    tool = load_script("tools/prepare_data.py", "prepare_data")
     out = tmp_path / "tool"
     rc = tool.main(["shapes", "--out", str(out), "--size", "16", "--frames", "4", "--clips-per-combo", "1",
                     "--images-per-combo", "1", "--heldout-clips-per-combo", "1", "--seed", "5"])

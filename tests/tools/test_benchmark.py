@@ -4,7 +4,6 @@ between forward-only and forward + backward, ratios recomputed from the rows).""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,13 +19,9 @@ BENCHMARK = ROOT / "tools" / "benchmark.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
+def bench(load_script):
     """benchmarks/unet.py as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("latentvid_benchmark_unet", ROOT / "benchmarks" / "unet.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/unet.py", "latentvid_benchmark_unet")
 
 
 @pytest.fixture(scope="module")

@@ -3,21 +3,14 @@ step, both checkpoint writers timed, the printed ratios recomputable from the JS
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import statistics
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def test_tiny_resilience_benchmark(tmp_path: Path, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("latentvid_benchmark_resilience", ROOT / "benchmarks/resilience.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+def test_tiny_resilience_benchmark(tmp_path: Path, capsys, load_script) -> None:
+    module = load_script("benchmarks/resilience.py", "latentvid_benchmark_resilience")
     out = tmp_path / "res.json"
     module.main(["--steps", "8", "--warmup", "2", "--repeats", "1", "--ckpt-mb", "2", "--dir", str(tmp_path),
                  "--out", str(out)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -29,12 +28,8 @@ CAPTIONS = [video_caption(*c) for c in COMBOS]
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("evaluate_tool", EVALUATE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script("tools/evaluate.py", "evaluate_tool")
 
 
 def write_shapes(folder: Path, combos=COMBOS, frames: int = 8, size: int = 32, seed: int = 0) -> list[Path]:
@@ -284,7 +279,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_checkpoint_samples_n_per_prompt_reproducibly(tool, trained):
+def test_checkpoint_samples_n_per_prompt_reproducibly(tool, trained, load_script):
     tmp, ckpt = trained
     prompts = tmp / "prompts.txt"
     prompts.write_text("a red circle moving left\n\na blue square moving up\n")
@@ -306,10 +301,7 @@ def test_checkpoint_samples_n_per_prompt_reproducibly(tool, trained):
     # Independent of the tool: the EMA model sampled by hand with seed + j gives the same probe readings.
     from latentvid.metrics.shapes import classify_video
 
-    sample_tool = importlib.util.spec_from_file_location("sample_tool", ROOT / "tools" / "sample.py")
-    module = importlib.util.module_from_spec(sample_tool)
-    sample_tool.loader.exec_module(module)
-    model, _ = module.load_model(str(ckpt), ema=True)
+    model, _ = load_script("tools/sample.py", "sample_tool").load_model(str(ckpt), ema=True)
     for j, row in enumerate(report["videos"]):
         video = model.sample([row["caption"]], 4, 16, 16, steps=2, generator=torch.Generator().manual_seed(7 + j))
         assert classify_video(video[0]) == row["probe"]

@@ -1,7 +1,6 @@
 """tools/evaluate.py --sr-ckpt: an SR checkpoint written by the real CLI, scored on degraded clips
 against the originals beside the plain baseline (checked against a numpy PSNR of our own)."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,17 +14,12 @@ import yaml
 from latentvid.data.shapes import generate_shapes_dataset
 from latentvid.data.video import read_video
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOMLY INITIALISED")
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("evaluate_tool_sr", ROOT / "tools" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script("tools/evaluate.py", "evaluate_tool_sr")
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,7 @@
 """tools/evaluate.py --vae-ckpt: a VAE checkpoint's reconstructions of held-out clips, scored against a
 numpy PSNR of our own."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +13,13 @@ from latentvid.data.video import read_video
 from latentvid.models.autoencoder import load_vae_from_checkpoint
 from latentvid.nn.vae3d import CausalVAE3D
 
-ROOT = Path(__file__).resolve().parents[2]
 VAE = {"latent_channels": 4, "base_channels": 8, "channel_mult": [1, 2], "temporal_downsample": [True, False],
        "norm": "none", "block": "factorized"}
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("evaluate_tool_vae", ROOT / "tools" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script("tools/evaluate.py", "evaluate_tool_vae")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ and tools/fit.py trained for a few steps from those shards and from a folder + C
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from latentvid.data.stream import SampleStream
 from latentvid.data.video import write_video
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "tools" / "prepare_data.py"
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 
 
@@ -27,32 +25,31 @@ def run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def _tool():
-    """tools/prepare_data.py as a module (run in-process: no interpreter start per call)."""
-    spec = importlib.util.spec_from_file_location("prepare_data_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def prepare(load_script, capsys: pytest.CaptureFixture):
+    """``prepare(*argv)``: (exit code, stdout, stderr) of ``prepare_data.py ARGV``, run in-process
+    (no interpreter start per call) on a freshly loaded tools/prepare_data.py."""
 
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = load_script("tools/prepare_data.py", "prepare_data_tool").main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
 
-def prepare(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``prepare_data.py ARGV``."""
-    code = _tool().main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
+def shapes(tmp_path_factory, load_script) -> Path:
     """Small shapes data written by the tool as a folder and as shards."""
     tmp = tmp_path_factory.mktemp("prep")
-    code = _tool().main(["shapes", "--out", str(tmp / "shapes"), "--size", "16", "--frames", "4",
-                         "--clips-per-combo", "1", "--shards", str(tmp / "shapes-shards"), "--samples-per-shard", "16"])
+    tool = load_script("tools/prepare_data.py", "prepare_data_tool")
+    code = tool.main(["shapes", "--out", str(tmp / "shapes"), "--size", "16", "--frames", "4",
+                      "--clips-per-combo", "1", "--shards", str(tmp / "shapes-shards"), "--samples-per-shard", "16"])
     assert code == 0
     return tmp
 
 
-def test_folder_csv_to_shards_reports_skipped_files(tmp_path: Path, capsys) -> None:
+def test_folder_csv_to_shards_reports_skipped_files(tmp_path: Path, prepare) -> None:
     rows = ["file,text,id"]
     for i in range(5):
         write_video(tmp_path / f"v{i}.mp4", np.full((3, 8, 8, 3), 40 * i, np.uint8), fps=8)
@@ -60,7 +57,7 @@ def test_folder_csv_to_shards_reports_skipped_files(tmp_path: Path, capsys) -> N
     (tmp_path / "junk.mp4").write_text("not a video")
     rows += ["junk.mp4,junk,junk", "gone.mp4,gone,gone"]
     (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
-    code, out, err = prepare(capsys, "shards", "--root", str(tmp_path), "--index", "index.csv", "--path-column",
+    code, out, err = prepare("shards", "--root", str(tmp_path), "--index", "index.csv", "--path-column",
                              "file", "--caption-column", "text", "--key-column", "id",
                              "--out", str(tmp_path / "out" / "s-%03d.tar"), "--samples-per-shard", "2")
     assert code == 0, err
@@ -74,17 +71,17 @@ def test_folder_csv_to_shards_reports_skipped_files(tmp_path: Path, capsys) -> N
         assert json.loads(s["json"]) == {"caption": f"caption {i}", "key": f"id.{i}", "path": f"v{i}.mp4"}
 
 
-def test_errors_are_one_line(tmp_path: Path, capsys) -> None:
+def test_errors_are_one_line(tmp_path: Path, prepare) -> None:
     (tmp_path / "index.csv").write_text("path,name\nv.mp4,x\n")
     out_pattern = str(tmp_path / "s-%d.tar")
-    code, _, err = prepare(capsys, "shards", "--root", str(tmp_path), "--index", "index.csv", "--out", out_pattern)
+    code, _, err = prepare("shards", "--root", str(tmp_path), "--index", "index.csv", "--out", out_pattern)
     assert code == 2 and err.startswith("error: ") and "no column 'caption'" in err and len(err.splitlines()) == 1
-    code, out, err = prepare(capsys, "shards", "--root", str(tmp_path), "--index", "index.csv",
+    code, out, err = prepare("shards", "--root", str(tmp_path), "--index", "index.csv",
                              "--caption-column", "name", "--out", out_pattern)
     assert code == 2 and "nothing written" in err and "v.mp4: file not found" in out
-    code, _, err = prepare(capsys, "shards", "--root", str(tmp_path / "nope"), "--index", "i.csv", "--out", out_pattern)
+    code, _, err = prepare("shards", "--root", str(tmp_path / "nope"), "--index", "i.csv", "--out", out_pattern)
     assert code == 2 and "nope" in err
-    code, _, err = prepare(capsys, "shards", "--root", str(tmp_path), "--index", "index.csv",
+    code, _, err = prepare("shards", "--root", str(tmp_path), "--index", "index.csv",
                            "--caption-column", "name", "--out", str(tmp_path / "no-field.tar"))
     assert code == 2 and "integer field" in err
 
