@@ -24,19 +24,8 @@ import torch
 from torch import nn
 
 from latentvid.nn.diffusers_vae import latent_space, model_folder
+from latentvid.nn.layers import frames_view, unframe
 from latentvid.nn.vae3d import CausalConv3d, DiagonalGaussian, FrameGroupNorm, GaussianAutoencoder, group_count
-
-
-def _frames_to_video(x: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """(B*T, C, H, W) -> (B, C, T, H, W)."""
-    bt, c, h, w = x.shape
-    return x.reshape(bt // num_frames, num_frames, c, h, w).transpose(1, 2)
-
-
-def _video_to_frames(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, H, W) -> (B*T, C, H, W)."""
-    b, c, t, h, w = x.shape
-    return x.transpose(1, 2).reshape(b * t, c, h, w)
 
 
 class TemporalMixer(nn.Module):
@@ -74,7 +63,7 @@ class _WithTemporal(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """(B*T, C, H, W) -> (B*T, C', H, W)."""
         h = self.spatial(hidden_states, *args, **kwargs)
-        return _video_to_frames(self.temporal(_frames_to_video(h, self.num_frames)))
+        return frames_view(self.temporal(unframe(h, h.shape[0] // self.num_frames)))
 
 
 class TemporalDecoderVAE(GaussianAutoencoder):
@@ -138,8 +127,8 @@ class TemporalDecoderVAE(GaussianAutoencoder):
         h, w = video.shape[-2:]
         if h % self.spatial_factor or w % self.spatial_factor:
             raise ValueError(f"frame size {h}x{w} is not divisible by the spatial factor {self.spatial_factor}")
-        moments = self.encoder["quant_conv"](self.encoder["encoder"](_video_to_frames(video)))  # (B*T, 2C, h, w)
-        return DiagonalGaussian.from_moments(_frames_to_video(moments, video.shape[2]))
+        moments = self.encoder["quant_conv"](self.encoder["encoder"](frames_view(video)))  # (B*T, 2C, h, w)
+        return DiagonalGaussian.from_moments(unframe(moments, video.shape[0]))
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latents (B, C, T, h, w) -> video (B, 3, T, h * sf, w * sf)."""
@@ -147,8 +136,8 @@ class TemporalDecoderVAE(GaussianAutoencoder):
             raise ValueError(f"expected latents (B, {self.latent_channels}, T, h, w), got shape {tuple(z.shape)}")
         for m in self._mixers():
             m.num_frames = z.shape[2]
-        frames = self.decoder["decoder"](self.decoder["post_quant_conv"](_video_to_frames(z)))  # (B*T, 3, H, W)
-        return _frames_to_video(frames, z.shape[2])
+        frames = self.decoder["decoder"](self.decoder["post_quant_conv"](frames_view(z)))  # (B*T, 3, H, W)
+        return unframe(frames, z.shape[0])
 
 
 def _or_identity(module: nn.Module | None) -> nn.Module:
