@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from latentvid.models.lr_schedules import warmup_cosine_lambda, warmup_lambda
 from latentvid.nn.discriminator import PatchDiscriminator3D
 from latentvid.nn.first_stage import FirstStage
-from latentvid.nn.vae3d import DiagonalGaussian, GaussianAutoencoder
+from latentvid.nn.gaussian_autoencoder import DiagonalGaussian, GaussianAutoencoder
 
 RECON_LOSSES = ("l1", "l2")
 LR_DECAYS = ("none", "cosine")

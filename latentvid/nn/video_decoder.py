@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentvid.nn.causal import CausalConv3d, group_count
 from latentvid.nn.diffusers_vae import latent_space, model_folder
-from latentvid.nn.layers import frames_view, unframe
-from latentvid.nn.vae3d import CausalConv3d, DiagonalGaussian, FrameGroupNorm, GaussianAutoencoder, group_count
+from latentvid.nn.gaussian_autoencoder import DiagonalGaussian, GaussianAutoencoder
+from latentvid.nn.layers import FrameGroupNorm, frames_view, unframe
 
 
 class TemporalMixer(nn.Module):

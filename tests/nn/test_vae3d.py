@@ -1,4 +1,8 @@
-"""Tests of latentvid/nn/vae3d.py: causality, shapes, chunking / tiling, posterior maths, scale."""
+"""Tests of latentvid/nn/vae3d.py: causality, shapes, chunked / tiled encode and decode, scale, learning.
+
+Its layers, tiling helpers and posterior have their own files (test_causal.py, test_tiling.py,
+test_gaussian_autoencoder.py).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,9 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.distributions import Normal, kl_divergence
 
-from latentvid.nn.vae3d import (
-    CausalConv3d,
-    CausalVAE3D,
-    DiagonalGaussian,
-    blend_tiles,
-    chunk_bounds,
-    tile_starts,
-)
+from latentvid.nn.tiling import chunk_bounds
+from latentvid.nn.vae3d import CausalVAE3D
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: one thread is faster (tests/conftest.py)
@@ -35,38 +31,6 @@ def tiny_vae(seed: int = 0, **kwargs) -> CausalVAE3D:
 def vae(request: pytest.FixtureRequest) -> CausalVAE3D:
     """Both layouts; every test taking this fixture runs on each."""
     return tiny_vae(mid_attention=True, block=request.param)
-
-
-# ---- CausalConv3d ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("pad_mode", ["replicate", "zeros"])
-@pytest.mark.parametrize("stride", [1, (2, 2, 2)])
-def test_causal_conv_equals_conv3d_on_past_padded_input(pad_mode: str, stride) -> None:
-    torch.manual_seed(0)
-    conv = CausalConv3d(3, 5, kernel_size=3, stride=stride, pad_mode=pad_mode)
-    x = torch.randn(2, 3, 7, 8, 8)
-    past = x[:, :, :1].repeat(1, 1, 2, 1, 1)  # two frames before frame 0
-    if pad_mode == "zeros":
-        past = torch.zeros_like(past)
-    ref = F.conv3d(torch.cat([past, x], dim=2), conv.conv.weight, conv.conv.bias, stride=stride, padding=(0, 1, 1))
-    y, _ = conv(x)
-    torch.testing.assert_close(y, ref)
-    assert y.shape[2] == (7 if stride == 1 else 4)  # stride 2 in time: 1 + 2m -> 1 + m frames
-
-
-@pytest.mark.parametrize(("stride", "chunks"), [(1, [1, 1, 3, 2]), ((2, 1, 1), [1, 2, 4, 2])])
-def test_causal_conv_streaming_equals_one_pass(stride, chunks: list[int]) -> None:
-    torch.manual_seed(0)
-    conv = CausalConv3d(2, 3, kernel_size=3, stride=stride)
-    x = torch.randn(1, 2, sum(chunks), 5, 5)
-    full, _ = conv(x)
-    cache, outs, start = None, [], 0
-    for n in chunks:
-        y, cache = conv(x[:, :, start : start + n], cache)
-        outs.append(y)
-        start += n
-    torch.testing.assert_close(torch.cat(outs, dim=2), full, atol=1e-6, rtol=0)
 
 
 # ---- causality and shapes ---------------------------------------------------------------------
@@ -172,21 +136,6 @@ def test_auto_chunking_above_chunk_frames(vae: CausalVAE3D) -> None:
 # ---- spatial tiling ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("size", "tile", "overlap"), [(37, 16, 8), (53, 16, 4), (16, 16, 8), (40, 24, 20)])
-def test_blending_crops_of_one_tensor_is_exact(size: int, tile: int, overlap: int) -> None:
-    starts = tile_starts(size, tile, overlap)
-    assert starts[0] == 0 and starts[-1] + min(tile, size) == size
-    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap
-    torch.manual_seed(5)
-    x = torch.randn(2, 3, 2, size, size + 5)
-    tiles = [
-        (x[..., top : top + tile, left : left + tile], top, left)
-        for top in starts
-        for left in tile_starts(size + 5, tile, overlap)
-    ]
-    torch.testing.assert_close(blend_tiles(tiles, size, size + 5, overlap), x, atol=1e-5, rtol=0)
-
-
 @pytest.mark.parametrize(("block", "norm"), [("resnet", "rms"), ("factorized", "none"), ("factorized", "rms")])
 def test_tiled_encode_decode_exact_for_local_network(block: str, norm: str) -> None:
     """With a per-position norm and no attention every output depends only on inputs within a
@@ -225,30 +174,6 @@ def test_tiled_group_norm_is_close_and_automatic() -> None:
     assert calls[0] == 4  # 2 x 2 tiles of 64 px
     assert (z_tiled - z_full).abs().mean() < 0.15 * z_full.std()
     assert (y_tiled - y_full).abs().mean() < 0.15 * y_full.std()
-
-
-# ---- posterior ---------------------------------------------------------------------------------
-
-
-def test_kl_matches_torch_distributions() -> None:
-    torch.manual_seed(8)
-    mean, logvar = torch.randn(3, 4, 2, 5, 5), torch.randn(3, 4, 2, 5, 5)
-    ours = DiagonalGaussian(mean, logvar).kl()
-    ref = kl_divergence(Normal(mean, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).flatten(1).sum(dim=1)
-    assert ours.shape == (3,)
-    torch.testing.assert_close(ours, ref)
-
-
-def test_posterior_sample_mode_and_clamp() -> None:
-    torch.manual_seed(9)
-    mean, logvar = torch.randn(2, 4, 1, 3, 3), torch.randn(2, 4, 1, 3, 3)
-    logvar[0, 0] = 50.0  # clamped to 20
-    posterior = DiagonalGaussian.from_moments(torch.cat([mean, logvar], dim=1))
-    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(11))
-    expected = mean + torch.exp(0.5 * logvar.clamp(max=20.0)) * eps
-    torch.testing.assert_close(posterior.sample(torch.Generator().manual_seed(11)), expected)
-    assert torch.equal(posterior.mode(), mean)
-    torch.testing.assert_close(posterior.std[0, 0], torch.full((1, 3, 3), math.exp(10.0)))
 
 
 # ---- scale / shift -----------------------------------------------------------------------------
