@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import logging
-import re
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from latentvid.data.video import to_uint8, write_video
+from latentvid.data.video import to_uint8
+from latentvid.data.video_log import save_and_log_video, slug
 from latentvid.metrics.shapes import ShapesProbe, parse_caption
 
 log = logging.getLogger(__name__)
-
-
-def slug(text: str, max_len: int = 48) -> str:
-    """A file-name-safe short form of a caption."""
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:max_len] or "empty"
-
-
-def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
-    """uint8 (T, H, W, 3) -> animated GIF bytes (what TensorBoard shows as a video)."""
-    from PIL import Image
-
-    images = [Image.fromarray(f) for f in frames]
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / max(fps, 1)), loop=0)
-    return buf.getvalue()
-
-
-def log_tensorboard_video(logger: TensorBoardLogger, tag: str, frames: np.ndarray, fps: float, step: int) -> None:
-    """Write uint8 (T, H, W, 3) frames as an animated image summary (no moviepy needed)."""
-    from torch.utils.tensorboard.summary import Summary
-
-    t, h, w, c = frames.shape
-    image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=gif_bytes(frames, fps))
-    logger.experiment.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 class LogSampleVideos(Callback):
@@ -125,12 +98,9 @@ class LogSampleVideos(Callback):
             if probe is not None:
                 probe.update(video.float().cpu(), [caption])
             frames = to_uint8(video[0].float().cpu())  # (T, H, W, 3)
-            path = out_dir / f"{i:02d}_{slug(caption)}.mp4"
-            write_video(path, frames, fps=self.fps)
-            paths.append(path)
-            for lg in trainer.loggers:
-                if isinstance(lg, TensorBoardLogger):
-                    log_tensorboard_video(lg, f"samples/{i:02d}_{slug(caption)}", frames, self.fps, trainer.global_step)
+            name = f"{i:02d}_{slug(caption)}"
+            paths.append(save_and_log_video(out_dir / f"{name}.mp4", frames, self.fps, trainer.loggers,
+                                            f"samples/{name}", trainer.global_step))
         log.info("wrote %d sample videos to %s", len(paths), out_dir)
         if probe is not None:
             scores = {f"samples/probe_{k}": float(v) for k, v in probe.compute().items() if v == v}  # drop NaN

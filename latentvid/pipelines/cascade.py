@@ -40,6 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from latentvid.data.video import to_uint8, write_video
+from latentvid.data.video_log import slug
 from latentvid.models.latent_diffusion import LatentDiffusion
 from latentvid.models.super_resolution import SuperResolutionDiffusion
 from latentvid.pipelines.loading import load_model
@@ -304,8 +305,6 @@ class CascadePipeline:
     def generate(self, captions: list[str], out: str | Path, seed: int = 0, progress: bool = True) -> list[Path]:
         """Generate and write mp4s at the final frame rate: ``out`` is the file for one caption
         (``.mp4``), else a folder receiving ``NN_<caption>.mp4``. Returns the paths written."""
-        from latentvid.callbacks.samples import slug
-
         out = Path(out)
         fps = self.output_fps
         single = len(captions) == 1 and out.suffix == ".mp4"

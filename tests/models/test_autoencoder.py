@@ -1,11 +1,11 @@
-"""Tests of latentvid/models/autoencoder.py: losses against references, manual optimisation with a
-GAN, perceptual loss from a local file, and a short real training run through LightningCLI whose
-checkpoint loads back as a frozen first stage."""
+"""Tests of latentvid/models/autoencoder.py: manual optimisation with a GAN, the perceptual network
+left out of checkpoints, and a short real training run through LightningCLI that writes
+reconstruction videos and whose checkpoint loads back as a frozen first stage. The losses are in
+test_autoencoder_losses.py."""
 
 from __future__ import annotations
 
 import copy
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -14,26 +14,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.distributions import Normal, kl_divergence
 
 from latentvid.data.datamodule import ShapesDataModule
 from latentvid.data.shapes import generate_shapes_dataset
-from latentvid.models.autoencoder import (
-    AutoencoderModule,
-    PerceptualLoss,
-    PretrainedCausalVAE,
-    adaptive_weight,
-    decoder_last_layer,
-    frame_psnr_ssim,
-    hinge_d_loss,
-    hinge_g_loss,
-    kl_loss,
-    load_vae_from_checkpoint,
-    reconstruction_loss,
-)
+from latentvid.models.autoencoder import AutoencoderModule, PretrainedCausalVAE, load_vae_from_checkpoint
 from latentvid.nn.discriminator import PatchDiscriminator3D
-from latentvid.nn.vae3d import CausalVAE3D, DiagonalGaussian
+from latentvid.nn.vae3d import CausalVAE3D
 
 T, SIZE = 5, 16  # 1 + 2 * 2 frames: fits the tiny VAE's temporal factor 2
 TINY_VAE = dict(base_channels=8, channel_mult=(1, 2), temporal_downsample=(True, False), latent_channels=4)
@@ -60,167 +46,7 @@ def random_video(b: int = 2, t: int = T, seed: int = 0) -> torch.Tensor:
     return torch.rand(b, 3, t, SIZE, SIZE, generator=g) * 2 - 1
 
 
-# ---- losses ----------------------------------------------------------------------------------------
-
-
-def test_kl_term_equals_torch_distributions() -> None:
-    g = torch.Generator().manual_seed(0)
-    mean, logvar = torch.randn(3, 4, 3, 4, 4, generator=g), torch.randn(3, 4, 3, 4, 4, generator=g)
-    posterior = DiagonalGaussian(mean, logvar)
-    ref = kl_divergence(Normal(mean, torch.exp(0.5 * logvar)), Normal(torch.zeros_like(mean), torch.ones_like(mean)))
-    full = torch.ones(3, 3, dtype=torch.bool)
-    torch.testing.assert_close(kl_loss(posterior, full), ref.mean())
-    # masked latent frames: each sample averages its valid frames, then samples are averaged
-    mask = torch.tensor([[True, True, True], [True, False, False], [True, True, False]])
-    per_sample = [ref[i][:, mask[i]].mean() for i in range(3)]
-    torch.testing.assert_close(kl_loss(posterior, mask), torch.stack(per_sample).mean())
-
-
-def test_reconstruction_loss_ignores_padding_and_matches_numpy() -> None:
-    x, y = random_video(seed=1), random_video(seed=2)
-    mask = torch.tensor([[True] * T, [True] + [False] * (T - 1)])
-    xn, yn = x.numpy(), y.numpy()
-    ref_l1 = np.mean([np.abs(xn[0] - yn[0]).mean(), np.abs(xn[1][:, :1] - yn[1][:, :1]).mean()])
-    ref_l2 = np.mean([((xn[0] - yn[0]) ** 2).mean(), ((xn[1][:, :1] - yn[1][:, :1]) ** 2).mean()])
-    assert reconstruction_loss(x, y, mask, "l1").item() == pytest.approx(ref_l1, rel=1e-5)
-    assert reconstruction_loss(x, y, mask, "l2").item() == pytest.approx(ref_l2, rel=1e-5)
-    y2 = y.clone()
-    y2[1, :, 1:] = float("nan")  # padding frames may hold anything
-    assert reconstruction_loss(x, y2, mask, "l1").item() == pytest.approx(ref_l1, rel=1e-5)
-    with pytest.raises(ValueError, match="recon_loss"):
-        reconstruction_loss(x, y, mask, "huber")
-
-
-def test_hinge_losses_closed_form() -> None:
-    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 0.5])
-    # relu(1 - real) = [0, .5, 2] -> mean 5/6; relu(1 + fake) = [0, 1, 1.5] -> mean 5/6
-    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (5 / 6 + 5 / 6))
-    assert hinge_g_loss(fake).item() == pytest.approx(-(-2.0 + 0.0 + 0.5) / 3)
-
-
-def test_psnr_matches_closed_form() -> None:
-    x = random_video(seed=3)
-    noisy = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
-    mask = torch.ones(2, T, dtype=torch.bool)
-    psnr, ssim = frame_psnr_ssim(noisy, x, mask)
-    mse = ((noisy.clamp(-1, 1) - x) ** 2).mean().item()
-    assert psnr.item() == pytest.approx(10 * math.log10(4.0 / mse), rel=1e-4)
-    assert frame_psnr_ssim(x, x, mask)[1].item() == pytest.approx(1.0, abs=1e-5)
-    assert 0 < ssim.item() < 1
-
-
-def test_adaptive_weight_equals_gradient_norm_ratio() -> None:
-    vae = tiny_vae()
-    torch.manual_seed(1)
-    disc = PatchDiscriminator3D(base_channels=8, num_layers=2)
-    video = random_video()
-    recon, _ = vae(video, sample_posterior=False)
-    nll = (recon - video).abs().mean()
-    g_loss = hinge_g_loss(disc(recon))
-    last = decoder_last_layer(vae)
-    ours = adaptive_weight(nll, g_loss, last)
-
-    # reference: two separate backward passes, reading .grad of the decoder's final conv
-    grads = []
-    for make_loss in (lambda r: (r - video).abs().mean(), lambda r: -disc(r).mean()):
-        vae.zero_grad()
-        make_loss(vae(video, sample_posterior=False)[0]).backward()
-        grads.append(vae.decoder[-1].conv.weight.grad.clone())
-    ref = grads[0].norm() / (grads[1].norm() + 1e-4)
-    torch.testing.assert_close(ours, ref.clamp(0, 1e4))
-    assert not ours.requires_grad
-    assert last is vae.decoder[-1].conv.weight
-
-
-# ---- perceptual loss ---------------------------------------------------------------------------------
-
-
-VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]  # to relu5_3
-
-
-def _random_vgg_weights(path: Path, with_lin: bool = True) -> dict:
-    """A random state dict in torchvision's VGG16 key layout (features.{i}.*) plus LPIPS lin weights."""
-    g = torch.Generator().manual_seed(0)
-    state, index, channels = {}, 0, 3
-    for v in VGG16_CFG:
-        if v == "M":
-            index += 1
-            continue
-        bound = 1 / math.sqrt(channels * 9)
-        state[f"features.{index}.weight"] = (torch.rand(v, channels, 3, 3, generator=g) * 2 - 1) * bound
-        state[f"features.{index}.bias"] = (torch.rand(v, generator=g) * 2 - 1) * bound
-        index, channels = index + 2, v  # conv, relu
-    state["classifier.0.weight"] = torch.zeros(2, 2)  # ignored
-    if with_lin:
-        for k, c in enumerate((64, 128, 256, 512, 512)):
-            state[f"lin{k}.model.1.weight"] = torch.rand(1, c, 1, 1, generator=g)  # LPIPS's own key names
-    torch.save(state, path)
-    return state
-
-
-def _reference_lpips(state: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Independent recomputation with functional ops: VGG16 convs read straight from the state dict,
-    activations taken after the last ReLU of each of the five blocks (relu1_2 ... relu5_3)."""
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    a, b = ((x + 1) / 2 - mean) / std, ((y + 1) / 2 - mean) / std
-    total, index, block = torch.zeros(x.shape[0]), 0, 0
-    for pos, v in enumerate(VGG16_CFG + ["M"]):
-        if v == "M":
-            na = a / (a.norm(dim=1, keepdim=True) + 1e-10)
-            nb = b / (b.norm(dim=1, keepdim=True) + 1e-10)
-            w = state[f"lin{block}.model.1.weight"].view(1, -1, 1, 1)
-            total += ((na - nb) ** 2 * w).sum(1).mean((1, 2))
-            block, index = block + 1, index + 1
-            if pos < len(VGG16_CFG):
-                a, b = F.max_pool2d(a, 2), F.max_pool2d(b, 2)
-            continue
-        weight, bias = state[f"features.{index}.weight"], state[f"features.{index}.bias"]
-        a, b = F.relu(F.conv2d(a, weight, bias, padding=1)), F.relu(F.conv2d(b, weight, bias, padding=1))
-        index += 2
-    return total
-
-
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    path = tmp_path_factory.mktemp("vgg") / "vgg_lpips.pth"
-    return path, _random_vgg_weights(path)
-
-
-def test_perceptual_loss_loads_local_weights_and_matches_reference(vgg_file) -> None:
-    path, state = vgg_file
-    loss = PerceptualLoss(str(path))
-    assert not any(p.requires_grad for p in loss.parameters())
-    x, y = random_video(b=2, seed=5), random_video(b=2, seed=6)
-    mask = torch.tensor([[True] * T, [True, True, False, False, False]])
-    frames_x = torch.cat([x[0].transpose(0, 1), x[1, :, :2].transpose(0, 1)])  # (7, 3, H, W) valid frames
-    frames_y = torch.cat([y[0].transpose(0, 1), y[1, :, :2].transpose(0, 1)])
-    with torch.no_grad():
-        ref = _reference_lpips(state, frames_x, frames_y)
-        assert (ref > 0).all()
-        torch.testing.assert_close(loss.frame_distance(frames_x, frames_y), ref, rtol=1e-4, atol=1e-6)
-        expected = torch.stack([ref[:T].mean(), ref[T:].mean()]).mean()
-        torch.testing.assert_close(loss(x, y, mask), expected, rtol=1e-4, atol=1e-6)
-        assert loss(x, x, mask).item() == pytest.approx(0.0, abs=1e-6)
-    # the gradient reaches the reconstruction
-    xr = x.clone().requires_grad_(True)
-    loss(xr, y, mask).backward()
-    assert xr.grad.abs().sum() > 0 and xr.grad[1, :, 2:].abs().sum() == 0  # masked frames get none
-
-
-def test_perceptual_loss_errors_name_the_file(tmp_path: Path, vgg_file) -> None:
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        PerceptualLoss(str(tmp_path / "nowhere.pth"))
-    bad = tmp_path / "bad.pth"
-    state = dict(vgg_file[1])
-    state["lin2.model.1.weight"] = torch.ones(1, 3, 1, 1)
-    torch.save(state, bad)
-    with pytest.raises(ValueError, match=r"bad\.pth.*lin2"):
-        PerceptualLoss(str(bad))
-    del state["features.28.weight"]
-    torch.save(state, bad)
-    with pytest.raises(ValueError, match=r"bad\.pth.*features"):
-        PerceptualLoss(str(bad))
+# ---- checkpoints and reconstruction videos -------------------------------------------------------------
 
 
 def test_checkpoint_leaves_out_perceptual_network_and_reloads(vgg_file) -> None:
@@ -233,6 +59,38 @@ def test_checkpoint_leaves_out_perceptual_network_and_reloads(vgg_file) -> None:
     other.on_load_checkpoint(ckpt)
     other.load_state_dict(ckpt["state_dict"])  # strict
     torch.testing.assert_close(other.vae.decoder[-1].conv.weight, module.vae.decoder[-1].conv.weight)
+
+
+def test_save_reconstructions_writes_input_beside_reconstruction(tmp_path: Path) -> None:
+    """Valid frames only, input on the left and reconstruction on the right, named by the clip's
+    key, at its fps, to TensorBoard as well."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from latentvid.data.video import read_video, video_info
+
+    module = AutoencoderModule(tiny_vae(), log_videos=1)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    module._trainer = SimpleNamespace(global_step=3, loggers=[logger])  # what save_reconstructions reads
+    ramp = torch.linspace(-0.8, 0.8, SIZE)
+    video = (ramp[None, None, None, :, None] * torch.tensor([1.0, -1.0, 0.5])[None, :, None, None, None]
+             ).expand(2, 3, T, SIZE, SIZE)  # smooth, so the codec keeps it
+    recon = -video
+    mask = torch.tensor([[True, True, True, False, False], [True] * T])
+    batch = {"key": ["clip/a b", "other"], "fps": torch.tensor([12.0, 8.0])}
+    (path,) = module.save_reconstructions(video, recon, mask, batch, tmp_path)
+    assert path == tmp_path / "reconstructions" / "step0000003" / "00_clip_a_b.mp4"
+    assert video_info(path)["fps"] == pytest.approx(12.0)
+    back = read_video(path)  # (3, 3, SIZE, 2 * SIZE)
+    assert back.shape == (3, 3, SIZE, 2 * SIZE)
+    assert (back[..., :SIZE] - video[0, :, :3]).abs().mean() < 0.1  # codec error only
+    assert (back[..., SIZE:] - recon[0, :, :3]).abs().mean() < 0.1
+    logger.experiment.flush()
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    assert acc.Tags()["images"] == ["reconstructions/00"] and acc.Images("reconstructions/00")[0].step == 3
 
 
 # ---- manual optimisation ---------------------------------------------------------------------------------
