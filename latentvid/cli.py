@@ -43,7 +43,7 @@ from latentvid.callbacks.data_position import DataPosition
 from latentvid.callbacks.numerics import NonFiniteError, NumericalGuard
 from latentvid.callbacks.preemption import Preemption
 from latentvid.callbacks.rng import RNGState
-from latentvid.data.sources import DataError
+from latentvid.data.sources import DataError, SmallDataError
 from latentvid.preflight import PreflightError, check_fit
 
 DEBUG_ENV = "LATENTVID_DEBUG"
@@ -239,7 +239,9 @@ def main(args: list[str] | None = None) -> None:
     except DataError as exc:  # a data source that stops working after the start-up checks
         if debug:
             raise
-        sys.stderr.write(f"latentvid: data error: {exc}\n")
+        # a too-small data set stops every rank alike: say it once (Lightning's launcher sets LOCAL_RANK)
+        if not isinstance(exc, SmallDataError) or os.environ.get("LOCAL_RANK", "0") == "0":
+            sys.stderr.write(f"latentvid: data error: {exc}\n")
         sys.exit(2)
 
 

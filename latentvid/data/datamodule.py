@@ -10,7 +10,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from latentvid.data.datasets import ImageTextDataset, VideoTextDataset
-from latentvid.data.sampler import ResumableDataLoader, ResumableSampler
+from latentvid.data.sampler import ResumableDataLoader, ResumableSampler, small_data_minimum
+from latentvid.data.sources import check_small_data
 from latentvid.data.shapes import generate_shapes_dataset, read_marker
 
 
@@ -49,6 +50,9 @@ class ShapesDataModule(LightningDataModule):
         clips_per_combo: training clips per (colour, shape, direction) when generating.
         val_batches: number of validation batches (the first ``val_batches * batch_size``
             held-out clips; the held-out index is ordered so any prefix covers every combo).
+        small_data: a training set with fewer samples than ``batch_size`` x ranks: ``"repeat"``
+            draws more per epoch (at least one batch per rank; draws are with replacement anyway),
+            ``"stop"`` stops before training with one line naming the sizes.
     """
 
     def __init__(
@@ -63,11 +67,13 @@ class ShapesDataModule(LightningDataModule):
         seed: int = 0,
         clips_per_combo: int = 4,
         val_batches: int = 1,
+        small_data: str = "repeat",
     ) -> None:
         super().__init__()
         if batch_size < 1 or val_batches < 1 or num_workers < 0:
             raise ValueError(f"invalid {batch_size=} {val_batches=} {num_workers=}")
         mixing_weights(1, 1, image_ratio)  # validate early
+        check_small_data(small_data)
         self.save_hyperparameters()
         self.root = root
         self.num_frames = num_frames
@@ -79,6 +85,7 @@ class ShapesDataModule(LightningDataModule):
         self.seed = seed
         self.clips_per_combo = clips_per_combo
         self.val_batches = val_batches
+        self.small_data = small_data
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._num_videos = self._num_images = 0
@@ -123,18 +130,17 @@ class ShapesDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Videos and stills drawn with replacement, ``image_ratio`` stills on average;
-        an epoch is (number of videos + number of stills) draws, split over ranks, last partial
-        batch dropped. The order is fixed by (seed, epoch) and the loader's position is saved in
-        checkpoints (:mod:`latentvid.data.sampler`)."""
+        an epoch is (number of videos + number of stills) draws, at least one batch per rank
+        (``small_data``), split over ranks, last partial batch dropped. The order is fixed by
+        (seed, epoch) and the loader's position is saved in checkpoints (:mod:`latentvid.data.sampler`)."""
         if self.train_set is None:
             self.setup("fit")
         weights = mixing_weights(self._num_videos, self._num_images, self.image_ratio)
         num_samples = len(weights)
-        if num_samples < self.batch_size:
-            raise ValueError(
-                f"batch_size {self.batch_size} exceeds the {num_samples} training samples in {self.root}"
-            )
-        sampler = ResumableSampler(num_samples, weights=weights, replacement=True, seed=self.seed)
+        minimum = small_data_minimum(f"data ({self.root})", num_samples, self.batch_size, self.num_workers,
+                                     self.small_data)
+        sampler = ResumableSampler(num_samples, weights=weights, replacement=True, seed=self.seed,
+                                   min_per_replica=minimum)
         return ResumableDataLoader(self.train_set, sampler=sampler, drop_last=True, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:

@@ -230,6 +230,11 @@ class _FolderSource(Dataset):
     def unit_name(self, unit: int) -> str:
         return f"{self.describe()} block {unit}"
 
+    def unit_sizes(self) -> list[int]:
+        """Rows per unit (bad rows included: they are only found when decoded)."""
+        n, b = len(self.rows), self.block_size
+        return [min(b, n - u * b) for u in range(self.num_units())]
+
     def _epoch_order(self, epoch: int, seed: int) -> torch.Tensor:
         """A permutation of the rows for (epoch, seed), the same in every process."""
         if self._order is None or self._order[0] != (epoch, seed):

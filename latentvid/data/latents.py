@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from latentvid.data.datamodule import mixing_weights
 from latentvid.data.datasets import read_index
-from latentvid.data.sampler import ResumableDataLoader, ResumableSampler
+from latentvid.data.sampler import ResumableDataLoader, ResumableSampler, small_data_minimum
+from latentvid.data.sources import check_small_data
 
 META_FILE = "meta.json"
 INDEX_FILE = "index.jsonl"
@@ -145,6 +146,9 @@ class LatentDataModule(LightningDataModule):
         val_root: latent folder for validation (e.g. the held-out clips encoded separately);
             ``None``: no validation data.
         seed: seed of the training sampler.
+        small_data: a training set with fewer samples than ``batch_size`` x ranks: ``"repeat"``
+            draws more per epoch (at least one batch per rank), ``"stop"`` stops before training
+            with one line naming the sizes.
     """
 
     def __init__(
@@ -155,10 +159,12 @@ class LatentDataModule(LightningDataModule):
         image_ratio: float | None = None,
         val_root: str | None = None,
         seed: int = 0,
+        small_data: str = "repeat",
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"invalid {batch_size=} {num_workers=}")
+        check_small_data(small_data)
         if image_ratio is not None:
             mixing_weights(1, 1, image_ratio)  # validate early
         self.save_hyperparameters()
@@ -168,6 +174,7 @@ class LatentDataModule(LightningDataModule):
         self.image_ratio = image_ratio
         self.val_root = val_root
         self.seed = seed
+        self.small_data = small_data
         self.train_set: LatentDataset | None = None
         self.val_set: LatentDataset | None = None
 
@@ -194,22 +201,23 @@ class LatentDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Samples drawn with replacement (stills at ``image_ratio`` when set); an epoch is the
-        data set's size in draws, split over ranks, last partial batch dropped; resumable
-        (:mod:`latentvid.data.sampler`)."""
+        data set's size in draws, at least one batch per rank (``small_data``), split over ranks,
+        last partial batch dropped; resumable (:mod:`latentvid.data.sampler`)."""
         if self.train_set is None:
             self.setup("fit")
         ds = self.train_set
-        if len(ds) < self.batch_size:
-            raise ValueError(f"batch_size {self.batch_size} exceeds the {len(ds)} samples in {self.root}")
+        minimum = small_data_minimum(f"data ({self.root})", len(ds), self.batch_size, self.num_workers,
+                                     self.small_data)
         if self.image_ratio is None:
-            sampler = ResumableSampler(len(ds), replacement=True, seed=self.seed)
+            sampler = ResumableSampler(len(ds), replacement=True, seed=self.seed, min_per_replica=minimum)
         else:
             images = [i for i in range(len(ds)) if ds.is_image(i)]
             videos = [i for i in range(len(ds)) if not ds.is_image(i)]
             order = torch.tensor(videos + images, dtype=torch.long)
             weights = torch.empty(len(ds), dtype=torch.double)
             weights[order] = mixing_weights(len(videos), len(images), self.image_ratio)  # videos first, then stills
-            sampler = ResumableSampler(len(ds), weights=weights, replacement=True, seed=self.seed)
+            sampler = ResumableSampler(len(ds), weights=weights, replacement=True, seed=self.seed,
+                                       min_per_replica=minimum)
         return ResumableDataLoader(ds, sampler=sampler, drop_last=True, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader | list:

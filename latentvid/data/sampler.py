@@ -71,6 +71,9 @@ class ResumableSampler(DistributedSampler):
         seed: the order of epoch ``e`` is fixed by ``(seed, e)``.
         num_replicas, rank: the world size and this process's rank; ``None`` reads them from
             ``torch.distributed`` when it is initialised (1 and 0 otherwise).
+        min_per_replica: each rank draws at least this many per epoch: an epoch is
+            ``max(epoch_size, min_per_replica * world_size)`` draws (with replacement only), so a
+            set smaller than a batch per rank still fills one.
     """
 
     def __init__(
@@ -82,14 +85,18 @@ class ResumableSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        min_per_replica: int = 0,
     ) -> None:
         Sampler.__init__(self)  # not DistributedSampler.__init__: it wants a dataset and a process group now
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {num_items}")
         self.num_items = int(num_items)
-        self.epoch_size = self.num_items if epoch_size is None else int(epoch_size)
-        if self.epoch_size < 1:
-            raise ValueError(f"epoch_size must be >= 1, got {self.epoch_size}")
+        self._epoch_size = self.num_items if epoch_size is None else int(epoch_size)
+        if self._epoch_size < 1:
+            raise ValueError(f"epoch_size must be >= 1, got {self._epoch_size}")
+        if min_per_replica < 0 or (min_per_replica and not replacement):
+            raise ValueError(f"min_per_replica={min_per_replica} must be >= 0, and needs replacement=True")
+        self.min_per_replica = int(min_per_replica)
         self.weights = None
         if weights is not None:
             w = torch.as_tensor(weights, dtype=torch.double).flatten()
@@ -97,8 +104,8 @@ class ResumableSampler(DistributedSampler):
                 raise ValueError(f"weights must be {self.num_items} finite, non-negative values with a positive sum")
             self.weights = w
         available = self.num_items if self.weights is None else int((self.weights > 0).sum())
-        if not replacement and self.epoch_size > available:
-            raise ValueError(f"epoch_size {self.epoch_size} exceeds the {available} drawable items without replacement")
+        if not replacement and self._epoch_size > available:
+            raise ValueError(f"epoch_size {self._epoch_size} exceeds the {available} drawable items without replacement")
         self.replacement = replacement
         self.seed = int(seed)
         if num_replicas is not None and (num_replicas < 1 or rank is None or not 0 <= rank < num_replicas):
@@ -118,6 +125,12 @@ class ResumableSampler(DistributedSampler):
     @property
     def rank(self) -> int:  # type: ignore[override]
         return self._rank if self._rank is not None else _dist_world()[0]
+
+    @property
+    def epoch_size(self) -> int:
+        """Draws per epoch over all ranks (the ``epoch_size`` argument, raised to ``min_per_replica``
+        per rank)."""
+        return max(self._epoch_size, self.min_per_replica * self.num_replicas)
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
@@ -198,6 +211,21 @@ class ResumableSampler(DistributedSampler):
         self.epoch, self._start = epoch, consumed
         self._position = (epoch, consumed)
         self._iterated = False
+
+
+def small_data_minimum(what: str, num_items: int, batch_size: int, num_workers: int, policy: str) -> int:
+    """``min_per_replica`` for a map-style training sampler (batches formed in the main process)
+    under a ``small_data`` policy (:data:`~latentvid.data.sources.SMALL_DATA`): ``batch_size``
+    with ``"repeat"``; with ``"stop"``, 0, or the one-line ``too_small_error`` when ``num_items``
+    draws split over this job's ranks give a rank less than one batch."""
+    from latentvid.data.sources import check_small_data, too_small_error
+
+    if check_small_data(policy) == "repeat":
+        return batch_size
+    world = _dist_world()[1]
+    if num_items // world < batch_size:
+        raise too_small_error(what, num_items, batch_size, num_workers, world)
+    return 0
 
 
 def _resumable_sampler(loader: DataLoader) -> ResumableSampler | None:

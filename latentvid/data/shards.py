@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import re
+import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -88,6 +89,22 @@ def open_shard(url: str) -> Any:
     return fsspec.open(url, "rb").open()
 
 
+def count_samples(path: str, extensions: tuple[str, ...]) -> int:
+    """Keys of the tar at ``path`` with a member of one of ``extensions`` (webdataset's grouping:
+    the key is the member name up to the first dot of its file name); 0 for an unreadable tar."""
+    keys = set()
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                folder, _, name = member.name.rpartition("/")
+                key, dot, ext = name.partition(".")
+                if dot and member.isfile() and ext.lower() in extensions:
+                    keys.add(f"{folder}/{key}")
+    except (OSError, tarfile.TarError):
+        return 0
+    return len(keys)
+
+
 def iter_shard(url: str, errors: list[str]) -> Iterator[dict[str, Any]]:
     """Samples of one shard as dicts ``{"__key__", "__url__", ext: bytes, ...}``; problems
     (unreadable tar, duplicate names) are appended to ``errors`` and iteration goes on."""
@@ -141,6 +158,14 @@ class _ShardSource:
 
     def unit_name(self, unit: int) -> str:
         return self.urls[unit]
+
+    def unit_sizes(self) -> list[int] | None:
+        """Samples with a media member in each shard, from the tar headers (no member is read);
+        None when a shard is not a local file."""
+        paths = [_local_path(u) for u in self.urls]
+        if any(p is None for p in paths):
+            return None
+        return [count_samples(os.path.expanduser(p), self.extensions) for p in paths]
 
     def read_unit(self, unit: int, epoch: int, seed: int, shuffle: bool) -> Iterator[Raw]:
         url = self.urls[unit]

@@ -49,6 +49,32 @@ class DataError(ValueError):
     """A source that cannot work as configured (wrong column, nothing readable, ...)."""
 
 
+# What a training set too small to fill one batch per reader does (every datamodule's ``small_data``):
+# "repeat" draws / reads it again within the epoch until each reader has a full batch; "stop" ends
+# the run before training with :func:`too_small_error`.
+SMALL_DATA = ("repeat", "stop")
+
+
+def check_small_data(policy: str) -> str:
+    """``policy`` if it is one of :data:`SMALL_DATA`, else ValueError naming it."""
+    if policy not in SMALL_DATA:
+        raise ValueError(f"small_data must be one of {list(SMALL_DATA)}, got {policy!r}")
+    return policy
+
+
+class SmallDataError(DataError):
+    """A training set too small for one batch per rank; every rank raises the same one."""
+
+
+def too_small_error(what: str, num_samples: int | None, batch_size: int, workers: int,
+                    ranks: int) -> SmallDataError:
+    """The one-line error of a training set whose epoch would give some rank no full batch."""
+    count = "an unknown number of" if num_samples is None else str(num_samples)
+    return SmallDataError(f"{what}: {count} training samples give some rank no full batch of batch_size {batch_size} "
+                     f"(num_workers {workers}, ranks {ranks}); add samples, lower batch_size / num_workers / "
+                     "devices, or set small_data: repeat to reuse samples within an epoch")
+
+
 @dataclass
 class Raw:
     """One undecoded sample: ``name`` is what warnings call it (a path, or ``shard:key``);
@@ -67,6 +93,11 @@ class Source:
 
     def num_units(self) -> int:
         raise NotImplementedError
+
+    def unit_sizes(self) -> list[int] | None:
+        """Samples in each unit (before decoding), or None when they are not known without reading
+        the data (remote shards)."""
+        return None
 
     def unit_name(self, unit: int) -> str:
         return f"{self.describe()} unit {unit}"

@@ -19,6 +19,11 @@ carries ``skipped`` (samples skipped since the previous item of that worker) and
 stream holds one item back to know). :func:`collate` sums ``skipped`` into ``batch["skipped"]``,
 which :class:`~latentvid.callbacks.data_health.DataHealth` logs as ``data/skipped``.
 
+A data set too small to fill a batch in every reader (``min_items``, the batch size under the
+datamodules' ``small_data: repeat``) is read again: a reader whose share of the epoch ended with
+fewer than ``min_items`` good items goes on through the epoch's whole unit order, cyclically from
+its own place in it, until it has ``min_items``. Those extra reads count for no unit's completion.
+
 The same channel carries resume positions: ``units_done`` lists ``(stream, epoch, unit)`` for
 every unit whose last sample is in (or was skipped before) that item. :class:`StreamProgress`
 folds them in the main process into ``{stream: {"epoch", "done_units"}}``; a stream resumed
@@ -96,14 +101,18 @@ class SampleStream(IterableDataset):
             None: until the units run out.
         max_consecutive_skips: this many failures in a row with no good sample raise
             :class:`DataError` (the data has gone away, not a few bad files).
+        min_items: each partition yields at least this many items per epoch, reading the epoch's
+            units again when its share falls short (0: one pass only; see the module docstring).
     """
 
     def __init__(self, source: Source, clip: ClipSpec, *, name: str = "video", shuffle: bool = True,
                  resampled: bool = False, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 epoch_size: int | None = None, max_consecutive_skips: int = 1000) -> None:
+                 epoch_size: int | None = None, max_consecutive_skips: int = 1000, min_items: int = 0) -> None:
         super().__init__()
         if epoch_size is not None and epoch_size < 1:
             raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
+        if min_items < 0:
+            raise ValueError(f"min_items must be >= 0, got {min_items}")
         if source.num_units() < 1:
             raise DataError(f"{source.describe()}: no samples")
         self.source = source
@@ -116,6 +125,7 @@ class SampleStream(IterableDataset):
         self.world_size = world_size
         self.epoch_size = epoch_size
         self.max_consecutive_skips = max_consecutive_skips
+        self.min_items = min_items
         self.epoch = 0
         self._done: frozenset[int] = frozenset()
         self._iterations = 0  # __iter__ calls in this process (persistent workers keep counting)
@@ -139,20 +149,45 @@ class SampleStream(IterableDataset):
             while True:
                 yield int(torch.randint(n, (1,), generator=gen).item())
         order = [u for u in self.unit_order(epoch) if u not in done]
-        if part.worker == 0 and part.rank == 0 and epoch == self.epoch and len(order) < part.count:
+        if part.worker == 0 and part.rank == 0 and epoch == self.epoch and len(order) < part.count \
+                and not self.min_items:
             log.warning("%s: %d units (shards / row blocks) for %d readers (%d ranks x %d workers): some read nothing",
                         self.source.describe(), len(order), part.count, part.world_size, part.num_workers)
         yield from split_units(order, part)
 
-    def _events(self, epoch: int, part: Partition, done: frozenset[int],
-                gen: torch.Generator) -> Iterator[tuple[str, Any, list[int]]]:
-        """("sample", raw, units completed with it) and ("error", message or None, units completed)."""
-        size = self.source.shuffle_buffer if self.shuffle else 0
+    def _refill_units(self, epoch: int, part: Partition, items: list[int]) -> Iterator[int]:
+        """All units of the epoch's order, cyclically from this partition's place in it, while a
+        cycle still adds items (``items[0]``, counted by the consumer): what a short share reads again."""
+        order = self.unit_order(epoch)
+        start = (part.rank * part.num_workers + part.worker) % len(order)
+        while True:
+            before = items[0]
+            for j in range(len(order)):
+                yield order[(start + j) % len(order)]
+            if items[0] == before:  # a whole cycle without a good item: nothing more to get
+                return
+
+    def _all_events(self, epoch: int, part: Partition, done: frozenset[int], gen: torch.Generator,
+                    items: list[int]) -> Iterator[tuple[str, Any, list[int]]]:
+        """The epoch's events (:meth:`_events`); then, when the share gave fewer than ``min_items``
+        items, a ``("refill", None, [])`` marker and the events of reading the units again."""
+        yield from self._events(self._units(epoch, part, done, gen), epoch, gen, not self.resampled)
+        if self.min_items and not self.resampled and items[0] < self.min_items:
+            yield "refill", None, []
+            # no shuffle buffer: each sample is decoded before the next unit is read (what the
+            # refill's end-of-data check relies on); the unit order is shuffled already
+            yield from self._events(self._refill_units(epoch, part, items), epoch, gen, False, 0)
+
+    def _events(self, units: Iterable[int], epoch: int, gen: torch.Generator, track: bool,
+                size: int | None = None) -> Iterator[tuple[str, Any, list[int]]]:
+        """("sample", raw, units completed with it) and ("error", message or None, units completed)
+        for the samples of ``units``; ``track``: report unit completions."""
+        if size is None:
+            size = self.source.shuffle_buffer if self.shuffle else 0
         buffer: list[tuple[Raw, int]] = []
         outstanding: Counter[int] = Counter()
         finished: set[int] = set()
         reported: set[int] = set()
-        track = not self.resampled
 
         def completed(unit: int) -> list[int]:
             if track and unit in finished and outstanding[unit] == 0 and unit not in reported:
@@ -169,7 +204,7 @@ class SampleStream(IterableDataset):
         def draw() -> int:
             return int(torch.randint(len(buffer), (1,), generator=gen).item()) if size else 0
 
-        for unit in self._units(epoch, part, done, gen):
+        for unit in units:
             error = None
             samples = iter(self.source.read_unit(unit, epoch, self.seed, self.shuffle))
             current: Any = _END
@@ -204,12 +239,18 @@ class SampleStream(IterableDataset):
         self._iterations += 1
         gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, self.name, part.rank, part.worker))
         limit = math.ceil(self.epoch_size / part.count) if self.epoch_size else None
+        if limit is not None:
+            limit = max(limit, self.min_items)
 
         skipped, names, units = 0, [], []
         held: dict[str, Any] | None = None
         yielded = consecutive = 0
-        for kind, payload, completed in self._events(epoch, part, done, gen):
+        items = [0]  # good items so far (read by the refill, see _all_events)
+        for kind, payload, completed in self._all_events(epoch, part, done, gen, items):
             units.extend((self.name, epoch, u) for u in completed)
+            if kind == "refill":  # the share ran short: read on until min_items
+                limit = self.min_items
+                continue
             if kind == "sample":
                 try:
                     item = self.source.decode(payload, self.clip, gen)
@@ -224,6 +265,7 @@ class SampleStream(IterableDataset):
                         yield held
                         yielded += 1
                     held = item
+                    items[0] += 1
                     if limit is not None and yielded + 1 >= limit:
                         break
                     continue
@@ -276,7 +318,7 @@ class MixedStream(IterableDataset):
             yield from self._mix()
             return
         part = current_partition(primary.rank, primary.world_size)
-        limit = math.ceil(self.epoch_size / part.count)
+        limit = max(math.ceil(self.epoch_size / part.count), primary.min_items)  # a full batch at least
         for n, item in enumerate(self._mix(), start=1):
             yield item
             if n >= limit:

@@ -28,14 +28,17 @@ Configured in YAML like any constructor (sources by ``class_path``)::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from latentvid.data.clips import ClipSpec
-from latentvid.data.sources import DataError, ImageSource, VideoSource
-from latentvid.data.stream import UNITS_DONE, Batched, MixedStream, SampleStream, StreamProgress, keep_batch
+from latentvid.data.sources import DataError, ImageSource, VideoSource, check_small_data, too_small_error
+from latentvid.data.stream import (UNITS_DONE, Batched, MixedStream, Partition, SampleStream, StreamProgress,
+                                   keep_batch, split_units)
 
 STATE_VERSION = 1
 
@@ -87,6 +90,12 @@ class VideoTextDataModule(LightningDataModule):
             ``torch.distributed``); set them to simulate ranks in tests.
         root: a folder with ``eval_prompts.txt`` for the sample-video callback (default: the
             video folder, if the video source is a folder).
+        small_data: what a training set too small to give every reader (DataLoader worker of a
+            rank: each batches its own share) a full batch does. ``"repeat"``: a reader whose share
+            of the epoch runs short reads the epoch's samples again until it has one batch, so any
+            set of at least one sample trains. ``"stop"``: the run stops before training with one
+            line naming the sample count, batch size, workers and ranks (when the sizes are known up
+            front: folders, local shards; otherwise at the first epoch that yields no batch).
     """
 
     def __init__(
@@ -109,6 +118,7 @@ class VideoTextDataModule(LightningDataModule):
         rank: int | None = None,
         world_size: int | None = None,
         root: str | None = None,
+        small_data: str = "repeat",
     ) -> None:
         init_args = dict(locals())
         super().__init__()
@@ -117,6 +127,7 @@ class VideoTextDataModule(LightningDataModule):
             raise ValueError(f"invalid {batch_size=} {num_workers=} {val_num_workers=}")
         if not 0.0 <= image_ratio <= 1.0:
             raise ValueError(f"image_ratio must be in [0, 1], got {image_ratio}")
+        check_small_data(small_data)
         if latents is None:
             if video is None and image_ratio < 1.0:
                 raise ValueError("VideoTextDataModule: give a `video` source "
@@ -146,6 +157,7 @@ class VideoTextDataModule(LightningDataModule):
         self.latents, self.val_latents = latents, val_latents
         self.rank, self.world_size = rank, world_size
         self._root = root
+        self.small_data = small_data
         self.progress = StreamProgress()
         self._latent_dm: Any = None
         self._probed = False
@@ -193,7 +205,8 @@ class VideoTextDataModule(LightningDataModule):
                 self._latent_dm = LatentDataModule(root=self.latents, batch_size=self.batch_size,
                                                    num_workers=self.num_workers,
                                                    image_ratio=self.image_ratio or None,
-                                                   val_root=self.val_latents, seed=self.seed)
+                                                   val_root=self.val_latents, seed=self.seed,
+                                                   small_data=self.small_data)
             self._latent_dm.setup(stage)
             return
         if not self._probed:
@@ -212,8 +225,10 @@ class VideoTextDataModule(LightningDataModule):
 
     def _stream(self, source: Any, name: str, train: bool) -> SampleStream:
         rank, world = self._partition()
+        refill = self.batch_size if train and self.small_data == "repeat" else 0
         stream = SampleStream(source, self.clip if train else self.clip.deterministic(), name=name, shuffle=train,
-                              resampled=train and self.resampled, seed=self.seed, rank=rank, world_size=world)
+                              resampled=train and self.resampled, seed=self.seed, rank=rank, world_size=world,
+                              min_items=refill)
         if train:
             stream.resume(*self.progress.resume_point(name, source.num_units()))
         return stream
@@ -225,18 +240,57 @@ class VideoTextDataModule(LightningDataModule):
         mixed = MixedStream(videos, images, self.image_ratio, seed=self.seed, epoch_size=self.epoch_size)
         return mixed
 
-    def _loader(self, dataset: Any, workers: int, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Any, workers: int, drop_last: bool, cls: type[DataLoader] = DataLoader) -> DataLoader:
         extra = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor} if workers > 0 else {}
         # batches are formed inside each worker (Batched), so skip counts survive drop_last
-        return DataLoader(Batched(dataset, self.batch_size, drop_last), batch_size=None, num_workers=workers,
+        return cls(Batched(dataset, self.batch_size, drop_last), batch_size=None, num_workers=workers,
                           collate_fn=keep_batch, **extra)
 
+    def _world(self) -> tuple[int, int]:
+        """(workers reading separate shares per rank, ranks)."""
+        _, world = self._partition()
+        if world is None:
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return max(1, self.num_workers), world
+
+    def _training_source(self) -> tuple[str, Any]:
+        if self.video is not None and self.image_ratio < 1:
+            return "video", self.video
+        return "images", self.images
+
+    def check_size(self) -> None:
+        """With ``small_data: stop``, raise :func:`~latentvid.data.sources.too_small_error` when
+        epoch 0 would give some rank no full training batch (known sizes only: folders, local
+        shards; stills mixed into a video epoch are not counted)."""
+        if self.small_data != "stop" or self.latents is not None or self.resampled:
+            return
+        name, source = self._training_source()
+        sizes = source.unit_sizes()
+        if sizes is None:
+            return  # the loader stops at an epoch without batches instead
+        workers, world = self._world()
+        order = self._stream(source, name, True).unit_order(0)
+        cap = -(-self.epoch_size // (workers * world)) if self.epoch_size else None  # MixedStream's share limit
+        for rank in range(world):
+            shares = [sum(sizes[u] for u in split_units(order, Partition(rank, world, w, workers)))
+                      for w in range(workers)]
+            if not any(min(n, cap or n) >= self.batch_size for n in shares):
+                raise too_small_error(f"data.{name} ({source.describe()})", sum(sizes), self.batch_size,
+                                      self.num_workers, world)
+
     def train_dataloader(self) -> DataLoader:
-        """Fixed-size training batches; decoding in ``num_workers`` persistent workers."""
+        """Fixed-size training batches; decoding in ``num_workers`` persistent workers. An epoch
+        without a batch raises :class:`~latentvid.data.sources.DataError` (never an empty epoch)."""
         if self.latents is not None:
             self.setup("fit")
             return self._latent_dm.train_dataloader()
-        return self._loader(self.train_dataset(), self.num_workers, drop_last=True)
+        self.check_size()
+        name, source = self._training_source()
+        workers, world = self._world()
+        loader = self._loader(self.train_dataset(), self.num_workers, drop_last=True, cls=_NonEmptyLoader)
+        loader.empty_error = lambda: too_small_error(f"data.{name} ({source.describe()})", None, self.batch_size,
+                                                     self.num_workers, world)
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation clips in order (none without a ``val`` source or ``val_latents``)."""
@@ -265,3 +319,18 @@ class VideoTextDataModule(LightningDataModule):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"VideoTextDataModule: unknown state version {state.get('version')!r}")
         self.progress.load_state_dict(state["progress"])
+
+
+class _NonEmptyLoader(DataLoader):
+    """A training DataLoader whose epoch must yield a batch: one that yields none raises
+    ``empty_error()`` instead of letting the trainer start the next (empty) epoch."""
+
+    empty_error: Callable[[], Exception] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        count = 0
+        for batch in super().__iter__():
+            count += 1
+            yield batch
+        if count == 0 and self.empty_error is not None:
+            raise self.empty_error()

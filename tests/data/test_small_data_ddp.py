@@ -1,0 +1,118 @@
+"""Training sets smaller than batch x workers x ranks on 2 real gloo ranks (``small_data``).
+
+Two forked processes join a gloo process group; each builds the folder, shard, latent and shapes
+datamodules with 2 DataLoader workers over 1, 3 and 7 samples and reads an epoch. The ranks must
+take the same number of full batches (DDP steps in lockstep), or both stop with the same line.
+tests/tools/test_fit_small_data.py runs tools/fit.py itself on 2 ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentvid.data.clips import ClipSpec
+from latentvid.data.folder import VideoFolder
+from latentvid.data.latents import LatentDataModule
+from latentvid.data.shards import ShardWriter, VideoShards
+from latentvid.data.video import write_video
+from latentvid.data.video_text import VideoTextDataModule
+
+BATCH, WORKERS, WORLD = 4, 2, 2
+SIZES = (1, 3, BATCH * WORKERS - 1)
+
+
+def make_data(root: Path) -> None:
+    """Per size n: clips listed in ``index{n}.jsonl``, the same as shards in ``shards{n}/``, and a
+    latent folder ``latents{n}/``."""
+    rows = []
+    for i in range(max(SIZES)):
+        frames = np.random.default_rng(i).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+        write_video(root / f"clip{i}.mp4", frames, fps=8)
+        rows.append({"path": f"clip{i}.mp4", "caption": f"clip {i}", "key": f"clip{i}"})
+    for n in SIZES:
+        (root / f"index{n}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n]))
+        with ShardWriter(str(root / f"shards{n}" / "%03d.tar"), samples_per_shard=2) as writer:
+            for r in rows[:n]:
+                writer.write({"__key__": r["key"], "mp4": (root / r["path"]).read_bytes(), "txt": r["caption"]})
+        z = root / f"latents{n}"
+        (z / "latents").mkdir(parents=True)
+        (z / "meta.json").write_text(json.dumps({"format": "latentvid-latents", "version": 1}))
+        index = []
+        for i in range(n):
+            torch.save(torch.full((2, 2, 2, 2), float(i)), z / "latents" / f"z{i}.pt")
+            index.append({"key": f"clip{i}", "path": f"latents/z{i}.pt", "caption": "c", "fps": 8.0,
+                          "latent_shape": [2, 2, 2, 2], "latent_mask": [True, True]})
+        (z / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in index))
+
+
+def module(root: Path, kind: str, n: int, policy: str):
+    common = {"batch_size": BATCH, "num_workers": WORKERS, "small_data": policy}
+    if kind == "latents":
+        return LatentDataModule(root=str(root / f"latents{n}"), **common)
+    video = (VideoFolder(str(root), index=f"index{n}.jsonl", key_column="key") if kind == "folder"
+             else VideoShards(str(root / f"shards{n}" / "*.tar"), shuffle_buffer=4))
+    return VideoTextDataModule(video=video, clip=ClipSpec(num_frames=4, size=16), probe=1, **common)
+
+
+def rank_main(rank: int, root: Path) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{root / 'store'}", rank=rank,
+                                         world_size=WORLD)
+    results = {}
+    for kind in ("folder", "shards", "latents"):
+        for n in SIZES:
+            for policy in ("repeat", "stop"):
+                dm = module(root, kind, n, policy)
+                dm.setup("fit")
+                try:
+                    loader = dm.train_dataloader()
+                    batches = [list(b["key"]) for b in loader]
+                except Exception as err:  # noqa: BLE001 (recorded for the parent to judge)
+                    results[f"{kind}/{n}/{policy}"] = {"error": f"{type(err).__name__}: {err}"}
+                else:
+                    results[f"{kind}/{n}/{policy}"] = {"batches": batches}
+    (root / f"rank{rank}.json").write_text(json.dumps(results))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    root = tmp_path_factory.mktemp("ddp_small")
+    make_data(root)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=rank_main, args=(r, root)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * WORLD
+    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("kind", ["folder", "shards", "latents"])
+@pytest.mark.parametrize("n", SIZES)
+def test_repeat_gives_both_ranks_the_same_full_batches(ranks: list[dict], kind: str, n: int) -> None:
+    got = [r[f"{kind}/{n}/repeat"] for r in ranks]
+    assert all("batches" in g for g in got), got
+    counts = [len(g["batches"]) for g in got]
+    # streams: one batch per worker of each rank; latents: max(n, batch x ranks) draws, a batch per rank
+    assert counts == ([WORKERS] * WORLD if kind != "latents" else [1] * WORLD)
+    for g in got:
+        assert all(len(b) == BATCH and set(b) <= {f"clip{i}" for i in range(n)} for b in g["batches"])
+
+
+@pytest.mark.parametrize("kind", ["folder", "shards", "latents"])
+@pytest.mark.parametrize("n", SIZES)
+def test_stop_stops_both_ranks_with_one_line(ranks: list[dict], kind: str, n: int) -> None:
+    got = [r[f"{kind}/{n}/stop"] for r in ranks]
+    # 7 samples: at most 2 per reader (streams), 3 per rank (latents): no rank fills a batch of 4
+    assert got[0] == got[1] and "error" in got[0], got
+    message = got[0]["error"]
+    assert message.startswith("SmallDataError: data") and "\n" not in message
+    assert f"{n} training sample" in message
+    assert f"batch_size {BATCH} (num_workers {WORKERS}, ranks {WORLD})" in message
