@@ -30,9 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    from sample import load_model  # tools/sample.py: rebuild the LightningModule from the checkpoint
-
     from latentvid.nn.motion_module import save_motion_module
+    from latentvid.pipelines.loading import load_model
 
     try:
         model, _ = load_model(args.ckpt, ema=not args.no_ema)

@@ -51,21 +51,9 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def load_model(ckpt_path: str, device: str = "cpu", ema: bool = True):
-    """Rebuild the LightningModule saved in ``ckpt_path`` (config from its hparams) with EMA or raw weights.
-
-    See :func:`latentvid.pipelines.loading.load_model` (imported lazily so ``--help`` stays fast)."""
-    from latentvid.pipelines.loading import load_model as _load
-
-    return _load(ckpt_path, device, ema)
-
-
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
-    import torch
-
-    from latentvid.callbacks.samples import slug
-    from latentvid.data.video import to_uint8, write_video
+    from latentvid.evaluation import clip_shape, load_model, write_samples
 
     captions = list(args.prompt)
     if args.prompts:
@@ -82,25 +70,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
         model, ckpt = load_model(args.ckpt, args.device, ema=not args.no_ema)
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f"sample.py: {exc}")
-    data_hp = ckpt.get("datamodule_hyper_parameters", {})
-    frames = args.frames or data_hp.get("num_frames")
-    size = data_hp.get("size")  # an int (square) or [h, w]
-    trained_h, trained_w = (size, size) if not isinstance(size, (list, tuple)) else size
-    height, width = args.height or trained_h, args.width or trained_w
-    if not (frames and height and width):
+    shape = clip_shape(ckpt, args.frames, args.height, args.width)
+    if shape is None:
         sys.exit("sample.py: the checkpoint does not record the clip shape; pass --frames, --height and --width")
-
-    out = Path(args.out)
-    single = len(captions) == 1 and out.suffix == ".mp4"
-    paths = []
-    for i, caption in enumerate(captions):
-        g = torch.Generator(device=args.device).manual_seed(args.seed + i)
-        video = model.sample([caption], frames, height, width, fps=args.fps, steps=args.steps, sampler=args.sampler,
-                             guidance_scale=args.guidance, eta=args.eta, generator=g, progress=True)
-        path = out if single else out / f"{i:02d}_{slug(caption)}.mp4"
-        write_video(path, to_uint8(video[0].float().cpu()), fps=args.fps)
+    paths = write_samples(model, captions, shape, args.out, seed=args.seed, fps=args.fps, steps=args.steps,
+                          sampler=args.sampler, guidance=args.guidance, eta=args.eta)
+    for path, caption in zip(paths, captions):
         print(f"{path}\t{caption}")
-        paths.append(path)
     return paths
 
 

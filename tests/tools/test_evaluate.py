@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentvid.callbacks.samples import slug
+from latentvid.data.video_log import slug
 from latentvid.data.shapes import render_clip, video_caption
 from latentvid.data.video import read_video, write_video
 
@@ -60,14 +60,6 @@ def printed_table(stdout: str) -> dict[str, tuple[float, str]]:
         name, value, n = ln.split(None, 2)
         rows[name] = (float(value), n)
     return rows
-
-
-def test_captions_from_file_names_round_trip_sample_naming(tool):
-    for i, caption in enumerate(CAPTIONS + ["a blue square"]):
-        assert tool.caption_from_filename(f"{i:02d}_{slug(caption)}.mp4") == caption
-    assert tool.caption_from_filename("003_01_a_red_circle.mp4") == "a red circle"
-    with pytest.raises(tool.EvalError, match="captions.jsonl"):
-        tool.caption_from_filename("0001.mp4")
 
 
 def test_probe_on_ground_truth_clips_is_perfect_and_matches_json(tool, tmp_path, capsys):
@@ -279,7 +271,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_checkpoint_samples_n_per_prompt_reproducibly(tool, trained, load_script):
+def test_checkpoint_samples_n_per_prompt_reproducibly(tool, trained):
     tmp, ckpt = trained
     prompts = tmp / "prompts.txt"
     prompts.write_text("a red circle moving left\n\na blue square moving up\n")
@@ -301,7 +293,9 @@ def test_checkpoint_samples_n_per_prompt_reproducibly(tool, trained, load_script
     # Independent of the tool: the EMA model sampled by hand with seed + j gives the same probe readings.
     from latentvid.metrics.shapes import classify_video
 
-    model, _ = load_script("tools/sample.py", "sample_tool").load_model(str(ckpt), ema=True)
+    from latentvid.evaluation import load_model
+
+    model, _ = load_model(str(ckpt), ema=True)
     for j, row in enumerate(report["videos"]):
         video = model.sample([row["caption"]], 4, 16, 16, steps=2, generator=torch.Generator().manual_seed(7 + j))
         assert classify_video(video[0]) == row["probe"]

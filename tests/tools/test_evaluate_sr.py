@@ -96,11 +96,3 @@ def test_sr_mode_errors_are_one_line(tool, ssr_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         tool.main(["--sr-ckpt", str(tmp_path / "none.ckpt"), "--real", str(data / "heldout.jsonl")])
     assert "none.ckpt" in str(err.value)
-
-
-def test_tsr_is_scored_on_the_frames_it_invents(tool):
-    from types import SimpleNamespace
-
-    assert tool._new_frames(SimpleNamespace(frame_factor=2), 6) == [1, 3, 5]
-    assert tool._new_frames(SimpleNamespace(frame_factor=3), 6) == [1, 2, 4, 5]
-    assert tool._new_frames(SimpleNamespace(), 4) == [0, 1, 2, 3]  # SSR: every frame

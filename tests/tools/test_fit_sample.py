@@ -55,9 +55,9 @@ def test_sample_writes_a_readable_mp4(trained):
 
 def test_sample_is_reproducible_and_ema_differs(trained):
     tmp, ckpt = trained
-    sys.path.insert(0, str(ROOT / "tools"))
     import torch
-    from sample import load_model
+
+    from latentvid.evaluation import load_model  # what tools/sample.py loads with
 
     ema, _ = load_model(str(ckpt), ema=True)
     raw, _ = load_model(str(ckpt), ema=False)
