@@ -21,6 +21,9 @@ Every run also gets, without config changes:
 * ``--ckpt_path last`` resolved to the newest ``last*.ckpt`` under ``trainer.default_root_dir``
   (and any ModelCheckpoint ``dirpath``), the resumed run writing into that checkpoint's run folder;
   no checkpoint yet means a fresh start, so a requeued job can always pass it;
+* runs that never overwrite each other: without a ``dirpath`` each run's checkpoints go to its own
+  ``<default_root_dir>/lightning_logs/version_N/checkpoints`` beside its ``config.yaml``; a fixed
+  ``dirpath`` that already holds another run's checkpoints stops the run before it starts;
 * checks before any heavy work (:mod:`latentvid.preflight`): one message per problem.
 """
 
@@ -44,6 +47,7 @@ from latentvid.callbacks.numerics import NonFiniteError, NumericalGuard
 from latentvid.callbacks.preemption import Preemption
 from latentvid.callbacks.rng import RNGState
 from latentvid.data.sources import DataError, SmallDataError
+from latentvid.pipelines.loading import find_checkpoint
 from latentvid.preflight import PreflightError, check_fit
 
 DEBUG_ENV = "LATENTVID_DEBUG"
@@ -64,13 +68,31 @@ class ConfigError(ValueError):
 def find_last_checkpoint(folders: list[str | os.PathLike]) -> Path | None:
     """The most recently written ``last*.ckpt`` under any of ``folders`` (searched recursively;
     hidden temporary files of interrupted writes are ignored), or None."""
-    found = []
-    for folder in folders:
-        root = Path(folder)
-        if root.is_dir():
-            # a sharded (FSDP) checkpoint is a folder named like a file
-            found += [p for p in root.rglob("last*.ckpt") if TMP_MARKER not in p.name and not p.name.startswith(".")]
+    found = [f for f in (find_checkpoint(folder) for folder in folders) if f is not None and TMP_MARKER not in f.name]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def foreign_checkpoints(trainer: Trainer, ckpt_path: str | None) -> list[str]:
+    """One message per ModelCheckpoint whose fixed ``dirpath`` already holds checkpoints of another
+    run: this run would overwrite them (its ``last.ckpt`` first). Resuming from a checkpoint in that
+    folder is that run going on, so it passes."""
+    problems = []
+    resumed = Path(ckpt_path).absolute() if ckpt_path else None
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        # without a dirpath and without a logger Lightning writes <default_root_dir>/checkpoints: shared too
+        dirpath = cb.dirpath or (Path(trainer.default_root_dir) / "checkpoints" if trainer.logger is None else None)
+        if not dirpath or not Path(dirpath).is_dir():
+            continue
+        folder = Path(dirpath).absolute()
+        existing = sorted(p.name for p in folder.glob("*.ckpt") if not p.name.startswith("."))
+        if existing and not (resumed is not None and folder in resumed.parents):
+            problems.append(f"ModelCheckpoint.dirpath {dirpath} already holds {', '.join(existing[:3])}"
+                            f"{' ...' if len(existing) > 3 else ''} of another run, which this run would overwrite; "
+                            "leave dirpath unset (each run then writes <default_root_dir>/lightning_logs/version_N/"
+                            "checkpoints), resume that run with --ckpt_path last, or name an empty folder")
+    return problems
 
 
 def _run_version(trainer: Trainer, ckpt: Path) -> int | str | None:
@@ -184,8 +206,9 @@ class LatentVidCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._resolve_last()
-        problems = check_fit(self.model, self.datamodule, self.trainer.callbacks,
-                             self.config_init[self.subcommand].get("ckpt_path"))
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        problems = check_fit(self.model, self.datamodule, self.trainer.callbacks, ckpt_path)
+        problems += foreign_checkpoints(self.trainer, ckpt_path)
         if problems:
             raise PreflightError(problems)
         self._continue_run_folder()

@@ -10,15 +10,15 @@ The YAML names a base checkpoint and any list of SR stage checkpoints, with per-
 settings (keys mirror :class:`BaseStage` and :class:`SRStage`)::
 
     base:
-      ckpt: runs/base/checkpoints/last.ckpt
+      ckpt: runs/base                 # a run root: its newest last*.ckpt (or a .ckpt file)
       steps: 50
       guidance: 3.0
     stages:
       - name: tsr
-        ckpt: runs/tsr/checkpoints/last.ckpt
+        ckpt: runs/tsr
         aug_level: 0.1
       - name: ssr
-        ckpt: runs/ssr/checkpoints/last.ckpt
+        ckpt: runs/ssr
 
 Before anything is sampled, :meth:`CascadePipeline.plan` walks the shapes through the stages and
 raises one :class:`ChainError` listing every stage whose expected input (recorded from its
@@ -59,7 +59,8 @@ class BaseStage:
     """The text-to-video base model of a cascade.
 
     Args:
-        ckpt: its checkpoint (tools/fit.py / latentvid fit).
+        ckpt: its checkpoint (tools/fit.py / latentvid fit), or a run root such as ``runs/base``
+            (its most recently written ``last*.ckpt``).
         steps, sampler, guidance, eta: sampler settings (None: the model's defaults).
         frames, height, width: the pixel video it generates (None: the training clip's, from the checkpoint).
         fps: frame rate it is conditioned on; SR stages multiply it (TSR) and the file is written at the result.

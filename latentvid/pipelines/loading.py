@@ -1,4 +1,9 @@
-"""Rebuild a trained LightningModule from a checkpoint written by ``latentvid fit`` / ``tools/fit.py``."""
+"""Rebuild a trained LightningModule from a checkpoint written by ``latentvid fit`` / ``tools/fit.py``.
+
+Every run keeps its checkpoints in its own run folder (``runs/base/lightning_logs/version_N/
+checkpoints/``), so wherever a checkpoint is asked for, a run root such as ``runs/base`` also works:
+:func:`resolve_checkpoint` takes the most recently written ``last*.ckpt`` under it.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,47 @@ import torch
 from lightning.pytorch import LightningModule
 
 
+def find_checkpoint(folder: str | Path, name: str = "last") -> Path | None:
+    """The most recently written ``{name}*.ckpt`` under ``folder`` (searched recursively; hidden
+    temporary files of interrupted writes are ignored; a sharded FSDP checkpoint is a folder with
+    such a name), or None."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    found = [p for p in root.rglob(f"{name}*.ckpt") if not p.name.startswith(".")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_checkpoint(path: str | Path, name: str = "last") -> Path:
+    """``path`` itself when it is a checkpoint file, else, for a run root or run folder (e.g.
+    ``runs/base``), its newest ``{name}*.ckpt`` (:func:`find_checkpoint`); FileNotFoundError naming
+    the path otherwise."""
+    path = Path(path)
+    if path.is_dir() and path.suffix != ".ckpt":  # (a sharded FSDP checkpoint is a folder named x.ckpt)
+        found = find_checkpoint(path, name)
+        if found is None:
+            raise FileNotFoundError(f"no {name}*.ckpt under {path} (has a run of that recipe written a checkpoint?)")
+        return found
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: bool = True
                ) -> tuple[LightningModule, dict[str, Any]]:
     """The module saved in ``ckpt_path`` (class and config from its hparams), in eval mode on ``device``.
+    ``ckpt_path`` may be a run root (``runs/base``): its newest ``last*.ckpt`` is loaded.
 
     ``ema``: the EMA weights when the checkpoint has them (EMAWeightAveraging stores the averaged
     weights as ``state_dict`` and the raw ones as ``current_model_state``); False for the raw ones.
     Returns ``(model, checkpoint dict)``; raises FileNotFoundError / ValueError naming the file.
     """
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist")
+    path = resolve_checkpoint(ckpt_path)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     hp = ckpt.get("hyper_parameters", {})
     class_path = hp.get("_class_path")
     if class_path is None:
-        raise ValueError(f"{ckpt_path} has no saved model config (was it written by tools/fit.py / latentvid fit?)")
+        raise ValueError(f"{path} has no saved model config (was it written by tools/fit.py / latentvid fit?)")
     module, name = class_path.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)

@@ -61,3 +61,28 @@ def test_raw_weights_load_even_when_file_backed_weights_were_left_out(latent_run
     for k, v in raw.state_dict().items():
         if k.startswith("first_stage."):
             torch.testing.assert_close(v, ema.state_dict()[k])  # both from the VAE file
+
+
+def test_a_run_root_resolves_to_its_newest_last_checkpoint(tmp_path) -> None:
+    import os
+
+    from latentvid.pipelines.loading import resolve_checkpoint
+
+    with pytest.raises(FileNotFoundError, match=rf"no last\*\.ckpt under {tmp_path} "):
+        resolve_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="checkpoint .*gone.ckpt does not exist"):
+        resolve_checkpoint(tmp_path / "gone.ckpt")
+    files = [tmp_path / "lightning_logs/version_1/checkpoints/last.ckpt",  # older run, higher version
+             tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt",  # resumed later: written last
+             tmp_path / "lightning_logs/version_0/checkpoints/.last.ckpt.tmp-host-1",  # a write in flight
+             tmp_path / "lightning_logs/version_0/checkpoints/step=9.ckpt"]
+    for i, path in enumerate(files):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + i, 1000 + i))
+    assert resolve_checkpoint(tmp_path) == files[1]
+    assert resolve_checkpoint(tmp_path / "lightning_logs/version_1") == files[0]
+    assert resolve_checkpoint(files[3]) == files[3]  # a file is itself
+    sharded = tmp_path / "fsdp" / "last.ckpt"
+    sharded.mkdir(parents=True)
+    assert resolve_checkpoint(sharded) == sharded  # an FSDP checkpoint is a folder named like a file
