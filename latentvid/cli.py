@@ -24,6 +24,7 @@ Every run also gets, without config changes:
 * runs that never overwrite each other: without a ``dirpath`` each run's checkpoints go to its own
   ``<default_root_dir>/lightning_logs/version_N/checkpoints`` beside its ``config.yaml``; a fixed
   ``dirpath`` that already holds another run's checkpoints stops the run before it starts;
+* a progress bar counting steps out of ``max_steps`` (:mod:`latentvid.callbacks.progress`);
 * checks before any heavy work (:mod:`latentvid.preflight`): one message per problem.
 """
 
@@ -45,6 +46,7 @@ from latentvid.callbacks.checkpoint_io import TMP_MARKER, AtomicCheckpointIO, Ch
 from latentvid.callbacks.data_position import DataPosition
 from latentvid.callbacks.numerics import NonFiniteError, NumericalGuard
 from latentvid.callbacks.preemption import Preemption
+from latentvid.callbacks.progress import StepProgressBar
 from latentvid.callbacks.rng import RNGState
 from latentvid.data.sources import DataError, SmallDataError
 from latentvid.pipelines.loading import find_checkpoint
@@ -140,6 +142,16 @@ def install_atomic_checkpoint_io(trainer: Trainer) -> None:
         io.checkpoint_io = AtomicCheckpointIO()
 
 
+def install_step_progress_bar(trainer: Trainer, configured: list | None = None) -> None:
+    """Put a :class:`~latentvid.callbacks.progress.StepProgressBar` in place of the bar Lightning
+    adds by itself (rich when installed, else tqdm); a bar among the ``configured`` callbacks (the
+    config's ``trainer.callbacks``) is left as it is."""
+    bar = trainer.progress_bar_callback
+    if bar is None or any(bar is cb for cb in configured or ()):
+        return
+    trainer.callbacks[trainer.callbacks.index(bar)] = StepProgressBar()
+
+
 class LatentVidCLI(LightningCLI):
     """LightningCLI with latentvid's defaults (subclass mode, config saved beside checkpoints,
     crash-safe checkpoints, resume / preemption / numerical-guard callbacks, start-up checks)."""
@@ -169,8 +181,12 @@ class LatentVidCLI(LightningCLI):
             raise ConfigError(_constructor_messages(exc)) from exc
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        given = config.get("trainer", {}).get("callbacks") or []
+        given = list(given) if isinstance(given, list) else [given]  # before the Trainer adds its own to it
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_checkpoint_io(trainer)
+        install_step_progress_bar(trainer, given)
         return trainer
 
     # ---- fit ------------------------------------------------------------------------------
