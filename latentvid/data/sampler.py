@@ -105,7 +105,8 @@ class ResumableSampler(DistributedSampler):
             self.weights = w
         available = self.num_items if self.weights is None else int((self.weights > 0).sum())
         if not replacement and self._epoch_size > available:
-            raise ValueError(f"epoch_size {self._epoch_size} exceeds the {available} drawable items without replacement")
+            raise ValueError(f"epoch_size {self._epoch_size} exceeds the {available} drawable items "
+                             "without replacement")
         self.replacement = replacement
         self.seed = int(seed)
         if num_replicas is not None and (num_replicas < 1 or rank is None or not 0 <= rank < num_replicas):
