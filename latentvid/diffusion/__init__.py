@@ -7,26 +7,36 @@ from latentvid.diffusion.parameterization import (
     TARGETS,
     diffuse,
     eps_from_v,
+    eps_from_flow,
     eps_from_x0,
+    flow_from_x0_eps,
     masked_mse,
     prediction_to_x0,
     snr_loss_weight,
     training_target,
     v_from_x0_eps,
     x0_from_eps,
+    x0_from_flow,
     x0_from_v,
 )
 from latentvid.diffusion.samplers import SAMPLERS, sample_ancestral, sample_ddim
 from latentvid.diffusion.schedule import (
     CosineSchedule,
+    AlphaSigma,
     LinearLogSNRSchedule,
+    RectifiedFlowSchedule,
     Schedule,
     alpha_sigma,
     cosine_logsnr,
     cosine_t_from_logsnr,
     linear_logsnr,
     logsnr_from_alpha_sigma,
+    rf_alpha_sigma,
+    rf_logsnr,
+    rf_t_from_logsnr,
     time_grid,
+    token_shift,
 )
+from latentvid.diffusion.time_sampling import TIME_SAMPLINGS, TimeSampling, logit_normal_times, mode_times
 
 __all__ = [name for name in dir() if not name.startswith("_")]

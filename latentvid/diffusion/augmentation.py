@@ -5,9 +5,10 @@ previous stage and carries its errors. Training on a *noised* conditioning, at a
 is told about, makes the stage robust to them. The noise is the forward process itself, in the
 library's one currency: a level s in [0, 1] is a time of the stage's schedule, and
 
-    c_s = alpha(s) c + sigma(s) eps,     alpha(s)^2 = sigmoid(logSNR(s)), sigma(s)^2 = sigmoid(-logSNR(s)),
+    c_s = alpha(s) c + sigma(s) eps,     (alpha, sigma) = the stage's schedule's alpha_sigma(logSNR(s))
 
-with logSNR(s) handed to the network as an extra scalar condition. Training draws s at random
+(variance preserving: alpha^2 = sigmoid(logSNR), sigma^2 = sigmoid(-logSNR); rectified flow:
+alpha = 1 - s, sigma = s), with logSNR(s) handed to the network as an extra scalar condition. Training draws s at random
 (:func:`draw_levels`); sampling uses one fixed, configurable s.
 """
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from latentvid.diffusion.parameterization import diffuse
-from latentvid.diffusion.schedule import alpha_sigma
+from latentvid.diffusion.schedule import AlphaSigma, alpha_sigma
 
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "logsnr_uniform")
 
@@ -67,13 +68,14 @@ def invert_monotone(fn, values: Tensor, low: float, high: float, iters: int = 60
     return 0.5 * (lo + hi)
 
 
-def augment(cond: Tensor, logsnr: Tensor, noise: Tensor) -> Tensor:
+def augment(cond: Tensor, logsnr: Tensor, noise: Tensor, process: AlphaSigma = alpha_sigma) -> Tensor:
     """Noise the conditioning to level logSNR: alpha c + sigma eps, per sample.
 
     Args:
         cond: conditioning (B, ...), e.g. an upsampled low-resolution video (B, 3, T, H, W).
         logsnr: (B,) level of each sample; +inf leaves the conditioning untouched.
         noise: standard normal noise shaped like ``cond``.
+        process: logSNR -> (alpha, sigma), the stage schedule's ``alpha_sigma`` (default: VP).
 
     Returns:
         (B, ...) noised conditioning.
@@ -81,7 +83,7 @@ def augment(cond: Tensor, logsnr: Tensor, noise: Tensor) -> Tensor:
     if logsnr.shape != cond.shape[:1] or noise.shape != cond.shape:
         raise ValueError(f"augment: cond {tuple(cond.shape)} needs logsnr ({cond.shape[0]},) and noise of the same "
                          f"shape, got {tuple(logsnr.shape)} and {tuple(noise.shape)}")
-    alpha, sigma = alpha_sigma(logsnr.to(cond.dtype))
+    alpha, sigma = process(logsnr.to(cond.dtype))
     return diffuse(cond, noise, alpha, sigma)
 
 

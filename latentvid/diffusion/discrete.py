@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from latentvid.diffusion.schedule import time_grid
+from latentvid.diffusion.schedule import alpha_sigma, time_grid
 
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES: dict[str, str] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -145,6 +145,10 @@ class DiscreteSchedule:
         w = pos - k
         lam = table[k] * (1.0 - w) + table[k + 1] * w
         return lam.to(t.dtype if t.is_floating_point() else torch.float32)
+
+    def alpha_sigma(self, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+        """logSNR (...) -> (alpha, sigma): a DDPM table is variance preserving (alpha^2 = alphas_cumprod)."""
+        return alpha_sigma(logsnr)
 
     def timestep(self, logsnr: Tensor) -> Tensor:
         """logSNR (...) -> the image model's fractional timestep (...) float64 in [0, N - 1]."""

@@ -1,10 +1,12 @@
-"""eps / x0 / v conversions and the masked diffusion loss.
+"""eps / x0 / v / flow conversions and the masked diffusion loss.
 
-With z = alpha x0 + sigma eps and alpha^2 + sigma^2 = 1 (Salimans & Ho, 2022):
+With z = alpha x0 + sigma eps for any process (variance preserving, alpha^2 + sigma^2 = 1, or
+rectified flow, alpha + sigma = 1), and r^2 = alpha^2 + sigma^2:
 
-    v   = alpha eps - sigma x0
-    x0  = alpha z - sigma v        = (z - sigma eps) / alpha
-    eps = sigma z + alpha v        = (z - alpha x0) / sigma
+    v    = alpha eps - sigma x0                 (Salimans & Ho, 2022; r = 1 in VP)
+    flow = eps - x0                             (flow matching's velocity, dz/dt of the flow)
+    x0   = (alpha z - sigma v) / r^2            = (z - sigma eps) / alpha     = (z - sigma flow) / (alpha + sigma)
+    eps  = (sigma z + alpha v) / r^2            = (z - alpha x0) / sigma      = (z + alpha flow) / (alpha + sigma)
 
 ``alpha`` and ``sigma`` are per-sample (B,) tensors; they broadcast over the trailing dimensions.
 """
@@ -16,8 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Target = Literal["eps", "x0", "v"]
-TARGETS: tuple[str, ...] = ("eps", "x0", "v")
+Target = Literal["eps", "x0", "v", "flow"]
+TARGETS: tuple[str, ...] = ("eps", "x0", "v", "flow")
 
 
 def _b(a: Tensor, like: Tensor) -> Tensor:
@@ -31,13 +33,28 @@ def v_from_x0_eps(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tens
 
 
 def x0_from_v(z: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """x0 = alpha z - sigma v."""
-    return _b(alpha, z) * z - _b(sigma, z) * v
+    """x0 = (alpha z - sigma v) / (alpha^2 + sigma^2) (the division is by 1 in VP)."""
+    return (_b(alpha, z) * z - _b(sigma, z) * v) / _b(alpha**2 + sigma**2, z)
 
 
 def eps_from_v(z: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """eps = sigma z + alpha v."""
-    return _b(sigma, z) * z + _b(alpha, z) * v
+    """eps = (sigma z + alpha v) / (alpha^2 + sigma^2)."""
+    return (_b(sigma, z) * z + _b(alpha, z) * v) / _b(alpha**2 + sigma**2, z)
+
+
+def flow_from_x0_eps(x0: Tensor, eps: Tensor) -> Tensor:
+    """The flow-matching velocity eps - x0, (B, ...)."""
+    return eps - x0
+
+
+def x0_from_flow(z: Tensor, flow: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """x0 = (z - sigma flow) / (alpha + sigma) (z - t flow on the rectified flow)."""
+    return (z - _b(sigma, z) * flow) / _b(alpha + sigma, z)
+
+
+def eps_from_flow(z: Tensor, flow: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """eps = (z + alpha flow) / (alpha + sigma)."""
+    return (z + _b(alpha, z) * flow) / _b(alpha + sigma, z)
 
 
 def x0_from_eps(z: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -58,6 +75,8 @@ def prediction_to_x0(pred: Tensor, z: Tensor, alpha: Tensor, sigma: Tensor, targ
         return x0_from_eps(z, pred, alpha, sigma)
     if target == "x0":
         return pred
+    if target == "flow":
+        return x0_from_flow(z, pred, alpha, sigma)
     raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
 
 
@@ -69,6 +88,8 @@ def training_target(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor, targe
         return eps
     if target == "x0":
         return x0
+    if target == "flow":
+        return flow_from_x0_eps(x0, eps)
     raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
 
 
@@ -102,11 +123,13 @@ def masked_mse(pred: Tensor, target: Tensor, frame_mask: Tensor | None = None, w
     return per_sample.mean()
 
 
-def snr_loss_weight(logsnr: Tensor, target: Target, gamma: float | None = None) -> Tensor:
+def snr_loss_weight(logsnr: Tensor, target: Target, gamma: float | None = None, sigma: Tensor | None = None) -> Tensor:
     """Optional per-sample loss weight (B,) expressed for the chosen target.
 
     With ``gamma`` set, this is Min-SNR-gamma weighting (Hang et al., 2023): the x0-space weight
-    min(SNR, gamma) converted to the target's space (eps: /SNR, v: /(SNR + 1)). ``None`` -> ones.
+    min(SNR, gamma) times (d x0 / d prediction)^2, i.e. eps: /SNR, v: /(SNR + 1) (VP; in general
+    /((SNR + 1)^2 sigma^2), so pass the process's ``sigma`` (B,) for a non-VP v model), flow:
+    /(sqrt(SNR) + 1)^2 (any process). ``None`` -> ones.
     """
     if gamma is None:
         return torch.ones_like(logsnr)
@@ -115,5 +138,7 @@ def snr_loss_weight(logsnr: Tensor, target: Target, gamma: float | None = None) 
     if target == "eps":
         return w / snr
     if target == "v":
-        return w / (snr + 1.0)
+        return w / (snr + 1.0) if sigma is None else w / ((snr + 1.0) ** 2 * sigma**2)
+    if target == "flow":
+        return w / ((0.5 * logsnr).exp() + 1.0) ** 2
     return w

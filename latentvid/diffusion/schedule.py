@@ -1,18 +1,27 @@
 """Continuous-time noise schedules on t in [0, 1] (t = 0 clean, t = 1 pure noise).
 
 Everything is expressed through logSNR(t) = log(alpha_t^2 / sigma_t^2), the one noise currency of
-latentvid; alpha and sigma follow from it with alpha^2 + sigma^2 = 1 (variance preserving):
+latentvid, and each schedule says which process its (alpha, sigma) belong to through its
+``alpha_sigma(logsnr)`` method. Two families share that currency:
 
-    alpha^2 = sigmoid(logSNR),    sigma^2 = sigmoid(-logSNR).
+- variance preserving (cosine, linear-logSNR, a pretrained model's discrete table), alpha^2 + sigma^2 = 1:
+  alpha^2 = sigmoid(logSNR), sigma^2 = sigmoid(-logSNR)  (:func:`alpha_sigma`);
+- rectified flow, z_t = (1 - t) x0 + t eps, so alpha + sigma = 1 and logSNR = 2 log((1 - t) / t):
+  alpha = sigmoid(logSNR / 2), sigma = sigmoid(-logSNR / 2)  (:func:`rf_alpha_sigma`).
+
+A flow z_RF is the VP variable at the same logSNR scaled by sqrt(alpha^2 + sigma^2), so a network
+conditioned on logSNR and every sampler written in (alpha, sigma) serve both families.
 
 References: the continuous cosine schedule of Nichol & Dhariwal (2021) as used by VDM / Imagen
 Video, logSNR(t) = -2 log tan(pi t / 2); the resolution shift of simple diffusion (Hoogeboom et
-al., 2023) adds 2 log(shift) to logSNR.
+al., 2023) adds 2 log(shift) to logSNR; rectified flow (Liu et al., 2022; Esser et al., 2024 (SD3))
+with SD3's shift t -> shift t / (1 + (shift - 1) t), i.e. logSNR - 2 log(shift).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +34,18 @@ def alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
     Computed from sigmoids so that +-inf map exactly to (1, 0) and (0, 1).
     """
     return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
+
+
+def rf_alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
+    """logSNR (...) -> rectified-flow (alpha, sigma) = (1 - t, t), each (...), with alpha + sigma = 1.
+
+    From logSNR = 2 log((1 - t) / t): t = sigmoid(-logSNR / 2); +-inf map exactly to (1, 0) and (0, 1).
+    """
+    return torch.sigmoid(0.5 * logsnr), torch.sigmoid(-0.5 * logsnr)
+
+
+AlphaSigma = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""A process family: logSNR (...) -> (alpha, sigma); :func:`alpha_sigma` (VP) or :func:`rf_alpha_sigma`."""
 
 
 def logsnr_from_alpha_sigma(alpha: Tensor, sigma: Tensor) -> Tensor:
@@ -60,6 +81,46 @@ def linear_logsnr(t: Tensor, logsnr_min: float = -10.0, logsnr_max: float = 10.0
     return logsnr_max + t * (logsnr_min - logsnr_max)
 
 
+def rf_logsnr(t: Tensor, logsnr_min: float = -20.0, logsnr_max: float = 20.0, shift: float = 1.0) -> Tensor:
+    """Rectified flow: logSNR(t) = 2 log((1 - t) / t) - 2 log(shift), t (...) in [0, 1].
+
+    ``t`` is first mapped affinely onto [t_min, t_max] so that the unshifted logSNR spans exactly
+    [logsnr_min, logsnr_max] (finite ends, as for the cosine schedule). ``shift`` is SD3's: > 1 makes
+    every t noisier, t -> shift t / (1 + (shift - 1) t) (note: the opposite sense of the cosine shift).
+    """
+    t_min, t_max = _rf_t_range(logsnr_min, logsnr_max)
+    tt = t_min + t.to(torch.float64) * (t_max - t_min)
+    logsnr = 2.0 * (torch.log1p(-tt) - torch.log(tt)) - 2.0 * math.log(shift)
+    return logsnr.to(t.dtype if t.is_floating_point() else torch.float32)
+
+
+def rf_t_from_logsnr(logsnr: Tensor, logsnr_min: float = -20.0, logsnr_max: float = 20.0, shift: float = 1.0) -> Tensor:
+    """Inverse of :func:`rf_logsnr` (values outside the range give t outside [0, 1])."""
+    t_min, t_max = _rf_t_range(logsnr_min, logsnr_max)
+    tt = torch.sigmoid(-0.5 * (logsnr.to(torch.float64) + 2.0 * math.log(shift)))
+    return ((tt - t_min) / (t_max - t_min)).to(logsnr.dtype)
+
+
+def _rf_t_range(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
+    """The flow times (t_min, t_max) whose logSNRs are logsnr_max and logsnr_min."""
+    return 1.0 / (1.0 + math.exp(0.5 * logsnr_max)), 1.0 / (1.0 + math.exp(0.5 * logsnr_min))
+
+
+def token_shift(tokens: Tensor | float, base_tokens: float, base_shift: float = 1.0) -> Tensor | float:
+    """Resolution- and length-dependent shift: base_shift * sqrt(tokens / base_tokens).
+
+    SD3 (Esser et al., 2024, sec. 5.3.2) shifts t by sqrt(m / n) for m pixels against a base of n;
+    Open-Sora 1.2 multiplies the spatial and temporal ratios, which is the same thing counted in
+    latent tokens (frames x height x width): a clip with 4x the tokens at the same noise level has
+    its signal averaged over 4x as many values, so it needs twice the noise scale to look as noisy.
+    ``tokens`` may be per sample (B,) (joint image-video batches).
+    """
+    if base_tokens <= 0:
+        raise ValueError(f"base_tokens must be > 0, got {base_tokens}")
+    ratio = tokens / base_tokens
+    return base_shift * (ratio.sqrt() if isinstance(ratio, Tensor) else math.sqrt(ratio))
+
+
 def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0, dtype: torch.dtype = torch.float32) -> Tensor:
     """Uniform sampling grid (steps + 1,) from ``t_start`` (noise) down to ``t_end`` (data)."""
     if steps < 1:
@@ -85,6 +146,10 @@ class CosineSchedule:
         """t (...) in [0, 1] -> logSNR (...)."""
         return cosine_logsnr(t, self.logsnr_min, self.logsnr_max, self.shift)
 
+    def alpha_sigma(self, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+        """logSNR (...) -> (alpha, sigma) of this (variance-preserving) process."""
+        return alpha_sigma(logsnr)
+
     def sampling_logsnrs(self, steps: int) -> Tensor:
         """(steps + 1,) logSNRs from t = 1 to t = 0, the last one +inf (a clean sample)."""
         lam = self.logsnr(time_grid(steps))
@@ -103,6 +168,10 @@ class LinearLogSNRSchedule:
         """t (...) in [0, 1] -> logSNR (...)."""
         return linear_logsnr(t, self.logsnr_min, self.logsnr_max)
 
+    def alpha_sigma(self, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+        """logSNR (...) -> (alpha, sigma) of this (variance-preserving) process."""
+        return alpha_sigma(logsnr)
+
     def sampling_logsnrs(self, steps: int) -> Tensor:
         """(steps + 1,) logSNRs from t = 1 to t = 0, the last one +inf (a clean sample)."""
         lam = self.logsnr(time_grid(steps))
@@ -110,4 +179,53 @@ class LinearLogSNRSchedule:
         return lam
 
 
-Schedule = CosineSchedule | LinearLogSNRSchedule
+@dataclass(frozen=True)
+class RectifiedFlowSchedule:
+    """Rectified flow / flow matching, z_t = (1 - t) x0 + t eps (not variance preserving).
+
+    Args:
+        logsnr_min: logSNR at t = 1 before the shift (t_max = sigmoid(-logsnr_min / 2), just under 1).
+        logsnr_max: logSNR at t = 0 before the shift.
+        shift: SD3's time shift, > 1 noisier (SD3 at 1024 px: 3; Wan 2.1: 5 for sampling); a fixed
+            multiple of the noise-to-signal ratio at every t (logSNR - 2 log(shift)).
+        base_tokens: if set, the shift also grows with the clip's latent tokens (frames x h x w) as
+            ``shift * sqrt(tokens / base_tokens)`` (:func:`token_shift`); callers pass ``tokens``.
+    """
+
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+    shift: float = 1.0
+    base_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.shift <= 0:
+            raise ValueError(f"RectifiedFlowSchedule.shift must be > 0, got {self.shift}")
+        if self.base_tokens is not None and self.base_tokens <= 0:
+            raise ValueError(f"RectifiedFlowSchedule.base_tokens must be > 0 or null, got {self.base_tokens}")
+
+    def total_shift(self, tokens: Tensor | float | None = None) -> Tensor | float:
+        """The shift in effect for clips of ``tokens`` latent tokens (scalar or (B,))."""
+        if self.base_tokens is None or tokens is None:
+            return self.shift
+        return token_shift(tokens, self.base_tokens, self.shift)
+
+    def logsnr(self, t: Tensor, tokens: Tensor | float | None = None) -> Tensor:
+        """t (...) in [0, 1] -> logSNR (...); ``tokens`` (scalar or t's shape) only with ``base_tokens``."""
+        lam = rf_logsnr(t, self.logsnr_min, self.logsnr_max)
+        shift = self.total_shift(tokens)
+        if isinstance(shift, Tensor):
+            return lam - 2.0 * shift.to(lam).log()
+        return lam - 2.0 * math.log(shift)
+
+    def alpha_sigma(self, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+        """logSNR (...) -> (alpha, sigma) = (1 - t, t) of the flow."""
+        return rf_alpha_sigma(logsnr)
+
+    def sampling_logsnrs(self, steps: int, tokens: float | None = None) -> Tensor:
+        """(steps + 1,) logSNRs from t = 1 to t = 0, the last one +inf (a clean sample)."""
+        lam = self.logsnr(time_grid(steps), tokens)
+        lam[-1] = math.inf
+        return lam
+
+
+Schedule = CosineSchedule | LinearLogSNRSchedule | RectifiedFlowSchedule

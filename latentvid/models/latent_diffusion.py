@@ -19,7 +19,8 @@ from latentvid.diffusion import (
     TARGETS,
     CosineSchedule,
     LinearLogSNRSchedule,
-    alpha_sigma,
+    RectifiedFlowSchedule,
+    TimeSampling,
     classifier_free_guidance,
     clip_denoised,
     diffuse,
@@ -48,8 +49,11 @@ class LatentDiffusion(LightningModule):
             :class:`~latentvid.conditioning.hf_clip.HFCLIPTextEncoder`; ``nn.Module`` for the same reason).
         first_stage: frozen autoencoder; ``None`` means pixel space (:class:`IdentityFirstStage`).
         schedule: continuous-time noise schedule (None: cosine; a pretrained image model's
-            :class:`~latentvid.diffusion.discrete.DiscreteSchedule` when fine-tuning one).
-        target: what the network predicts: ``"v"`` (default, Imagen Video), ``"eps"`` or ``"x0"``;
+            :class:`~latentvid.diffusion.discrete.DiscreteSchedule` when fine-tuning one;
+            :class:`~latentvid.diffusion.schedule.RectifiedFlowSchedule` for flow matching). Its
+            ``alpha_sigma`` fixes the process (VP or rectified flow) for training and sampling alike.
+        target: what the network predicts: ``"v"`` (default, Imagen Video), ``"eps"``, ``"x0"`` or
+            ``"flow"`` (eps - x0, flow matching's velocity);
             ``None`` takes the schedule's ``prediction_type`` (a pretrained model's, from its scheduler config).
         caption_dropout: probability of training on the empty caption (enables classifier-free guidance).
         min_snr_gamma: Min-SNR-gamma loss weighting; ``None`` is the plain (unweighted) loss in target space.
@@ -64,6 +68,9 @@ class LatentDiffusion(LightningModule):
             multiple of ``lr``; ``None`` or 0 freezes them and trains the temporal layers only (Video LDM).
             Values other than 1 need a U-Net with ``spatial_parameters()`` / ``temporal_parameters()``
             (:class:`~latentvid.nn.inflated_unet.InflatedUNet3D`).
+        time_sampling: the density of training times t
+            (:class:`~latentvid.diffusion.time_sampling.TimeSampling`: uniform, logit-normal, mode);
+            None is uniform. Always stratified over the batch.
     """
 
     def __init__(
@@ -71,7 +78,7 @@ class LatentDiffusion(LightningModule):
         unet: nn.Module,
         text_encoder: nn.Module,
         first_stage: FirstStage | None = None,
-        schedule: CosineSchedule | LinearLogSNRSchedule | DiscreteSchedule | None = None,
+        schedule: CosineSchedule | LinearLogSNRSchedule | RectifiedFlowSchedule | DiscreteSchedule | None = None,
         target: str | None = "v",
         caption_dropout: float = 0.1,
         min_snr_gamma: float | None = None,
@@ -84,6 +91,7 @@ class LatentDiffusion(LightningModule):
         guidance_scale: float = 5.0,
         clip_sample: float | None = None,
         spatial_lr_scale: float | None = 1.0,
+        time_sampling: TimeSampling | None = None,
     ) -> None:
         super().__init__()
         # None rather than a CosineSchedule() default: with a dataclass default, jsonargparse cannot
@@ -112,6 +120,7 @@ class LatentDiffusion(LightningModule):
         self.first_stage = first_stage if first_stage is not None else IdentityFirstStage()
         self.first_stage.requires_grad_(False)
         self.schedule = schedule
+        self.time_sampling = TimeSampling() if time_sampling is None else time_sampling
         self.target = target
         self.caption_dropout = caption_dropout
         self.min_snr_gamma = min_snr_gamma
@@ -184,7 +193,7 @@ class LatentDiffusion(LightningModule):
                 frame_mask: Tensor | None = None, **cond: Tensor) -> Tensor:
         """x0 estimate (B, C, t, h, w): the sampler's view of the network, whatever its target.
         ``cond``: the extra inputs of a subclass's ``forward`` (see :meth:`conditioning`)."""
-        alpha, sigma = alpha_sigma(logsnr)
+        alpha, sigma = self.schedule.alpha_sigma(logsnr)
         pred = self(z, logsnr, context, context_mask, fps, frame_mask, **cond)
         return prediction_to_x0(pred, z, alpha, sigma, self.target)
 
@@ -229,19 +238,26 @@ class LatentDiffusion(LightningModule):
             captions = caption_dropout(captions, self.caption_dropout, generator)
         context, context_mask = self.encode_text(captions)
         if t is None:
-            # stratified ("low-discrepancy") times: one per sample, jointly covering [0, 1) (VDM)
-            u = torch.rand((), generator=generator, device=generator.device if generator else None)
-            t = ((u + torch.arange(b) / b) % 1.0).to(self.device)
-        logsnr = self.schedule.logsnr(t.float())
-        alpha, sigma = alpha_sigma(logsnr)
+            # stratified ("low-discrepancy") times: one per sample, jointly covering the density (VDM)
+            t = self.time_sampling.sample(b, generator).to(self.device)
+        tokens = mask.sum(dim=1) * (z0.shape[-2] * z0.shape[-1])  # (B,) valid latent tokens per clip
+        logsnr = self.schedule_logsnr(t.float(), tokens)
+        alpha, sigma = self.schedule.alpha_sigma(logsnr)
         eps = torch.randn(z0.shape, generator=generator, device=z0.device if generator is None else generator.device)
         eps = eps.to(z0)
         z0, extra = self.conditioning(batch, z0, mask, generator)
         z_t = diffuse(z0, eps, alpha, sigma)
         pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask, **extra)
         target = training_target(z0, eps, alpha, sigma, self.target)
-        weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma)
+        weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma, sigma=sigma)
         return masked_mse(pred, target, mask, weight=weight)
+
+    def schedule_logsnr(self, t: Tensor, tokens: Tensor | float | None = None) -> Tensor:
+        """logSNR (B,) at times t (B,); ``tokens`` (latent tokens per clip, (B,) or a number) reach a
+        schedule whose shift depends on them (``RectifiedFlowSchedule(base_tokens=...)``)."""
+        if getattr(self.schedule, "base_tokens", None) is not None and tokens is not None:
+            return self.schedule.logsnr(t, tokens)
+        return self.schedule.logsnr(t)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.diffusion_loss(batch)
@@ -332,9 +348,13 @@ class LatentDiffusion(LightningModule):
     def run_sampler(self, denoise, z: Tensor, steps: int, sampler: str, eta: float = 0.0,
                     generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
         """Integrate from the starting noise z (B, C, t, h, w) on the schedule's ``steps``-step grid -> (B, C, t, h, w)."""
-        logsnrs = self.schedule.sampling_logsnrs(steps).to(self.device)
+        if getattr(self.schedule, "base_tokens", None) is not None:
+            logsnrs = self.schedule.sampling_logsnrs(steps, z.shape[2] * z.shape[3] * z.shape[4])
+        else:
+            logsnrs = self.schedule.sampling_logsnrs(steps)
+        logsnrs, process = logsnrs.to(self.device), self.schedule.alpha_sigma
         if sampler == "ddim":
-            return sample_ddim(denoise, z, logsnrs, eta=eta, generator=generator, progress=progress)
+            return sample_ddim(denoise, z, logsnrs, eta=eta, generator=generator, progress=progress, alpha_sigma=process)
         if sampler == "ancestral":
-            return sample_ancestral(denoise, z, logsnrs, generator=generator, progress=progress)
+            return sample_ancestral(denoise, z, logsnrs, generator=generator, progress=progress, alpha_sigma=process)
         raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")

@@ -426,7 +426,7 @@ class SpatialSuperResolution(SuperResolutionDiffusion):
         """(B, 3, T, h, w) -> upsampled to (B, 3, T, h*f, w*f), then noised to aug_logsnr (B,); that is
         both the conditioning and the reference."""
         up = self.reference(low)
-        noisy = augment(up, aug_logsnr.to(up), _randn(tuple(up.shape), generator, up))
+        noisy = augment(up, aug_logsnr.to(up), _randn(tuple(up.shape), generator, up), self.schedule.alpha_sigma)
         return noisy, noisy
 
     def output_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -497,7 +497,7 @@ class TemporalSuperResolution(SuperResolutionDiffusion):
         """(B, 3, t, H, W) noised to aug_logsnr (B,) at the input rate, then -> conditioning
         (B, Cc, t*f, H, W) (repeated frames share their noise, blank frames and the mask stay exact)
         and the repeated noisy frames (B, 3, t*f, H, W) as the reference."""
-        noisy = augment(low, aug_logsnr.to(low), _randn(tuple(low.shape), generator, low))
+        noisy = augment(low, aug_logsnr.to(low), _randn(tuple(low.shape), generator, low), self.schedule.alpha_sigma)
         return expand_frames(noisy, self.frame_factor, self.fill), self.reference(noisy)
 
     def output_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:

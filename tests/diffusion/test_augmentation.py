@@ -85,3 +85,15 @@ def test_config_is_validated():
         ConditioningAugmentation(sample_level=1.5)
     aug = ConditioningAugmentation(train_min=0.2, train_max=0.2)
     assert torch.equal(aug.training_levels(5, CosineSchedule().logsnr), torch.full((5,), 0.2))
+
+
+def test_augment_follows_the_stage_process():
+    from latentvid.diffusion.schedule import RectifiedFlowSchedule
+
+    g = torch.Generator().manual_seed(0)
+    cond, noise = torch.randn(2, 3, 2, 4, 4, generator=g), torch.randn(2, 3, 2, 4, 4, generator=g)
+    sched = RectifiedFlowSchedule(logsnr_min=-30.0, logsnr_max=30.0)
+    s = torch.tensor([0.1, 0.6])
+    out = augment(cond, sched.logsnr(s), noise, sched.alpha_sigma)
+    ss = s[:, None, None, None, None]
+    torch.testing.assert_close(out, (1 - ss) * cond + ss * noise, atol=1e-5, rtol=0)

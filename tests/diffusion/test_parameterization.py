@@ -5,6 +5,7 @@ import torch
 
 from latentvid.diffusion.parameterization import (
     diffuse,
+    eps_from_flow,
     eps_from_v,
     eps_from_x0,
     masked_mse,
@@ -13,19 +14,29 @@ from latentvid.diffusion.parameterization import (
     training_target,
     v_from_x0_eps,
     x0_from_eps,
+    x0_from_flow,
     x0_from_v,
 )
-from latentvid.diffusion.schedule import alpha_sigma
+from latentvid.diffusion.schedule import alpha_sigma, rf_alpha_sigma
 
 
-@pytest.fixture
-def sample():
+@pytest.fixture(params=["vp", "rf"])
+def sample(request):
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(6, 3, 4, 5, 5, generator=g, dtype=torch.float64)
     eps = torch.randn(6, 3, 4, 5, 5, generator=g, dtype=torch.float64)
     lam = torch.linspace(-8, 8, 6, dtype=torch.float64)
-    a, s = alpha_sigma(lam)
+    a, s = (alpha_sigma if request.param == "vp" else rf_alpha_sigma)(lam)
     return x0, eps, a, s
+
+
+def test_process_families():
+    lam = torch.linspace(-6, 6, 7, dtype=torch.float64)
+    a, s = alpha_sigma(lam)
+    torch.testing.assert_close(a**2 + s**2, torch.ones_like(lam))
+    a, s = rf_alpha_sigma(lam)
+    torch.testing.assert_close(a + s, torch.ones_like(lam))
+    torch.testing.assert_close(2 * torch.log(a / s), lam)  # logSNR = 2 log((1 - t) / t), t = sigma
 
 
 def test_round_trips(sample):
@@ -36,9 +47,22 @@ def test_round_trips(sample):
     torch.testing.assert_close(eps_from_v(z, v, a, s), eps, atol=1e-6, rtol=0)
     torch.testing.assert_close(x0_from_eps(z, eps, a, s), x0, atol=1e-6, rtol=0)
     torch.testing.assert_close(eps_from_x0(z, x0, a, s), eps, atol=1e-6, rtol=0)
-    for target in ("eps", "x0", "v"):
+    flow = eps - x0
+    torch.testing.assert_close(x0_from_flow(z, flow, a, s), x0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(eps_from_flow(z, flow, a, s), eps, atol=1e-6, rtol=0)
+    for target in ("eps", "x0", "v", "flow"):
         pred = training_target(x0, eps, a, s, target)
         torch.testing.assert_close(prediction_to_x0(pred, z, a, s, target), x0, atol=1e-6, rtol=0)
+
+
+def test_flow_target_is_the_time_derivative_on_the_rectified_flow():
+    g = torch.Generator().manual_seed(5)
+    x0, eps = torch.randn(2, 2, 3, generator=g, dtype=torch.float64)  # each (B=2, 3)
+    t, h = torch.tensor([0.3, 0.7], dtype=torch.float64), 1e-6
+    lam = lambda tt: 2 * torch.log((1 - tt) / tt)  # noqa: E731
+    z = lambda tt: diffuse(x0, eps, *rf_alpha_sigma(lam(tt)))  # noqa: E731
+    fd = (z(t + h) - z(t - h)) / (2 * h)
+    torch.testing.assert_close(training_target(x0, eps, *rf_alpha_sigma(lam(t)), "flow"), fd, atol=1e-7, rtol=0)
 
 
 def test_v_definition_elementwise(sample):
@@ -98,3 +122,16 @@ def test_min_snr_weight():
     torch.testing.assert_close(snr_loss_weight(lam, "v", gamma=5.0), snr.clamp(max=5.0) / (snr + 1))
     torch.testing.assert_close(snr_loss_weight(lam, "eps", gamma=5.0), snr.clamp(max=5.0) / snr)
     torch.testing.assert_close(snr_loss_weight(lam, "v"), torch.ones(3))
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v", "flow"])
+@pytest.mark.parametrize("process", [alpha_sigma, rf_alpha_sigma], ids=["vp", "rf"])
+def test_min_snr_weight_is_min_snr_in_x0_space(target, process):
+    # weight * |pred error|^2 must equal min(SNR, gamma) * |implied x0 error|^2 for every target and process
+    lam = torch.linspace(-5, 5, 6, dtype=torch.float64)
+    a, s = process(lam)
+    g = torch.Generator().manual_seed(3)
+    z, pred, err = torch.randn(3, 6, 8, generator=g, dtype=torch.float64)
+    dx0 = prediction_to_x0(pred + err, z, a, s, target) - prediction_to_x0(pred, z, a, s, target)
+    w = snr_loss_weight(lam, target, gamma=5.0, sigma=s)
+    torch.testing.assert_close(w * err.pow(2).sum(1), lam.exp().clamp(max=5.0) * dx0.pow(2).sum(1))

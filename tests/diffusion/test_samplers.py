@@ -1,4 +1,5 @@
-"""Samplers against exact references: the closed-form denoiser of Gaussian data, and diffusers' DDIM."""
+"""Samplers against exact references: the closed-form denoiser of Gaussian data on both process
+families (variance preserving and rectified flow), diffusers' DDIM, and Euler on the flow ODE."""
 
 import math
 
@@ -7,16 +8,22 @@ import pytest
 import torch
 
 from latentvid.diffusion.samplers import sample_ancestral, sample_ddim
-from latentvid.diffusion.schedule import CosineSchedule, alpha_sigma, logsnr_from_alpha_sigma
+from latentvid.diffusion.schedule import (
+    CosineSchedule,
+    RectifiedFlowSchedule,
+    alpha_sigma,
+    logsnr_from_alpha_sigma,
+    rf_alpha_sigma,
+)
 
 MU, STD = 0.7, 0.3
 
 
-def gaussian_denoiser(mu: float, std: float):
-    """E[x0 | z] for x0 ~ N(mu, std^2) elementwise and z = alpha x0 + sigma eps (exact)."""
+def gaussian_denoiser(mu: float, std: float, process=alpha_sigma):
+    """E[x0 | z] for x0 ~ N(mu, std^2) elementwise and z = alpha x0 + sigma eps (exact, any process)."""
 
     def denoise(z, logsnr):
-        a, s = alpha_sigma(logsnr.to(torch.float64))
+        a, s = process(logsnr.to(torch.float64))
         a = a.reshape(-1, *([1] * (z.ndim - 1)))
         s = s.reshape(-1, *([1] * (z.ndim - 1)))
         gain = a * std**2 / (a**2 * std**2 + s**2)
@@ -28,19 +35,77 @@ def gaussian_denoiser(mu: float, std: float):
 @pytest.mark.parametrize(
     "name,run",
     [
-        ("ddim", lambda d, z, lam, g: sample_ddim(d, z, lam)),
-        ("ddim_eta", lambda d, z, lam, g: sample_ddim(d, z, lam, eta=0.5, generator=g)),
-        ("ancestral", lambda d, z, lam, g: sample_ancestral(d, z, lam, generator=g)),
-        ("ancestral_gamma", lambda d, z, lam, g: sample_ancestral(d, z, lam, gamma=0.3, generator=g)),
+        ("ddim", lambda d, z, lam, g, p: sample_ddim(d, z, lam, alpha_sigma=p)),
+        ("ddim_eta", lambda d, z, lam, g, p: sample_ddim(d, z, lam, eta=0.5, generator=g, alpha_sigma=p)),
+        ("ancestral", lambda d, z, lam, g, p: sample_ancestral(d, z, lam, generator=g, alpha_sigma=p)),
+        ("ancestral_gamma", lambda d, z, lam, g, p: sample_ancestral(d, z, lam, gamma=0.3, generator=g,
+                                                                     alpha_sigma=p)),
     ],
 )
-def test_samplers_recover_gaussian_data(name, run):
+@pytest.mark.parametrize("family", ["vp", "rf"])
+def test_samplers_recover_gaussian_data(name, run, family):
+    schedule = CosineSchedule() if family == "vp" else RectifiedFlowSchedule(shift=2.0)
     g = torch.Generator().manual_seed(0)
     z = torch.randn(40000, 1, dtype=torch.float64, generator=g)
     # 500 steps: the ancestral variance error is O(1/steps) (about -1.7 % here, -5 % at 100 steps)
-    x = run(gaussian_denoiser(MU, STD), z, CosineSchedule().sampling_logsnrs(500), g)
-    assert abs(x.mean().item() - MU) < 0.03 * MU, f"{name}: mean {x.mean().item():.4f} vs {MU}"
-    assert abs(x.std().item() - STD) < 0.03 * STD, f"{name}: std {x.std().item():.4f} vs {STD}"
+    x = run(gaussian_denoiser(MU, STD, schedule.alpha_sigma), z, schedule.sampling_logsnrs(500), g,
+            schedule.alpha_sigma)
+    assert abs(x.mean().item() - MU) < 0.03 * MU, f"{name}/{family}: mean {x.mean().item():.4f} vs {MU}"
+    assert abs(x.std().item() - STD) < 0.03 * STD, f"{name}/{family}: std {x.std().item():.4f} vs {STD}"
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_wrong_process_is_detected(eta):
+    # guard for the family parametrisation: VP updates on flow-coordinate noise must not pass
+    schedule = RectifiedFlowSchedule()
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(40000, 1, dtype=torch.float64, generator=g)
+    x = sample_ddim(gaussian_denoiser(MU, STD, rf_alpha_sigma), z, schedule.sampling_logsnrs(100), eta=eta,
+                    generator=g)
+    assert abs(x.std().item() - STD) > 0.1 * STD or abs(x.mean().item() - MU) > 0.1 * MU
+
+
+def flow_euler_reference(mu: float, std: float, z: torch.Tensor, ts: list[float]) -> list[torch.Tensor]:
+    """Euler on dz/dt = E[eps - x0 | z_t] for z_t = (1 - t) x0 + t eps, written in t alone (no logSNR)."""
+    out = []
+    for t, s in zip(ts[:-1], ts[1:]):
+        a = 1.0 - t
+        x0 = mu + a * std**2 / (a**2 * std**2 + t**2) * (z - a * mu)  # E[x0 | z_t]
+        velocity = (z - x0) / t  # eps_hat - x0_hat, with eps_hat = (z - (1 - t) x0_hat) / t
+        z = z + (s - t) * velocity
+        out.append(z)
+    return out
+
+
+def test_ddim_on_the_flow_is_euler_on_the_flow_ode():
+    schedule = RectifiedFlowSchedule(shift=3.0)
+    lam = schedule.sampling_logsnrs(12)
+    ts = [float(t) for t in rf_alpha_sigma(lam.double())[1]]  # sigma = t; the last one is exactly 0
+    assert ts[-1] == 0.0 and ts[0] > 0.999
+    z0 = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    traj = []
+    sample_ddim(gaussian_denoiser(MU, STD, rf_alpha_sigma), z0.clone(), lam, alpha_sigma=rf_alpha_sigma,
+                callback=lambda i, z, x0: traj.append(z.clone()))
+    for i, (ours, ref) in enumerate(zip(traj, flow_euler_reference(MU, STD, z0.clone(), ts))):
+        torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-10, msg=f"step {i}")
+
+
+def test_ddim_on_the_flow_matches_diffusers_flow_match_euler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    sched.set_timesteps(20)
+    sig = sched.sigmas.to(torch.float64)  # (21,) flow times, shifted, ending at 0
+    lam = torch.cat([2.0 * torch.log((1 - sig[:-1]) / sig[:-1]), torch.tensor([math.inf], dtype=torch.float64)])
+    denoise = gaussian_denoiser(MU, STD, rf_alpha_sigma)
+    z0 = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    ours = sample_ddim(denoise, z0.clone(), lam, alpha_sigma=rf_alpha_sigma)
+    z = z0.clone()
+    for t, s in zip(sched.timesteps, sig[:-1]):
+        x0 = denoise(z, torch.full((z.shape[0],), float(2 * torch.log((1 - s) / s)), dtype=torch.float64))
+        flow = (z - x0) / s  # the velocity a flow model predicts
+        z = sched.step(flow.float(), t, z.float()).prev_sample.double()
+    torch.testing.assert_close(ours, z, atol=1e-5, rtol=1e-5)  # diffusers steps in float32
 
 
 def test_ancestral_variance_bounds_bracket_the_truth():
@@ -115,11 +180,12 @@ def test_ddim_matches_diffusers_ddim_scheduler():
     torch.testing.assert_close(ours, z, atol=1e-6, rtol=1e-6)
 
 
-def test_eta_one_ddim_equals_ancestral_in_law():
+@pytest.mark.parametrize("process", [alpha_sigma, rf_alpha_sigma], ids=["vp", "rf"])
+def test_eta_one_ddim_equals_ancestral_in_law(process):
     # DDIM with eta = 1 and the ancestral sampler both sample the DDPM posterior: same moments after a
     # step (a 3-point grid, so the first step is not the final, noise-free one)
     lam = torch.tensor([-0.5, 1.5, 5.0], dtype=torch.float64)
-    denoise = gaussian_denoiser(0.0, 1.0)
+    denoise = gaussian_denoiser(0.0, 1.0, process)
     z = torch.full((200000, 1), 0.8, dtype=torch.float64)
     captured = {}
 
@@ -130,8 +196,10 @@ def test_eta_one_ddim_equals_ancestral_in_law():
 
         return cb
 
-    sample_ddim(denoise, z, lam, eta=1.0, generator=torch.Generator().manual_seed(1), callback=grab("ddim"))
-    sample_ancestral(denoise, z, lam, generator=torch.Generator().manual_seed(2), callback=grab("anc"))
+    sample_ddim(denoise, z, lam, eta=1.0, generator=torch.Generator().manual_seed(1), callback=grab("ddim"),
+                alpha_sigma=process)
+    sample_ancestral(denoise, z, lam, generator=torch.Generator().manual_seed(2), callback=grab("anc"),
+                     alpha_sigma=process)
     a, b = captured["ddim"], captured["anc"]
     assert abs(a.mean().item() - b.mean().item()) < 5e-3
     assert abs(a.std().item() - b.std().item()) < 5e-3

@@ -7,12 +7,15 @@ import torch
 from latentvid.diffusion.schedule import (
     CosineSchedule,
     LinearLogSNRSchedule,
+    RectifiedFlowSchedule,
     alpha_sigma,
     cosine_logsnr,
     cosine_t_from_logsnr,
     linear_logsnr,
     logsnr_from_alpha_sigma,
+    rf_t_from_logsnr,
     time_grid,
+    token_shift,
 )
 
 T = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
@@ -77,3 +80,49 @@ def test_sampling_grid():
     assert lam.shape == (11,) and math.isinf(lam[-1]) and bool((lam[1:] > lam[:-1]).all())
     with pytest.raises(ValueError):
         time_grid(0)
+
+
+# ---- rectified flow -------------------------------------------------------------------------------
+def test_rectified_flow_is_one_minus_t_and_t():
+    sched = RectifiedFlowSchedule(logsnr_min=-30.0, logsnr_max=30.0)  # t range within 3e-7 of [0, 1]
+    t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+    a, s = sched.alpha_sigma(sched.logsnr(t))
+    torch.testing.assert_close(a, 1 - t, atol=1e-6, rtol=0)
+    torch.testing.assert_close(s, t, atol=1e-6, rtol=0)
+    lam = sched.logsnr(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(lam, torch.tensor([30.0, -30.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+def test_rectified_flow_shift_is_sd3s(shift):
+    # SD3 / diffusers FlowMatchEulerDiscreteScheduler: t' = shift t / (1 + (shift - 1) t)
+    sched = RectifiedFlowSchedule(logsnr_min=-40.0, logsnr_max=40.0, shift=shift)
+    t = torch.linspace(0.02, 0.98, 25, dtype=torch.float64)
+    _, t_shifted = sched.alpha_sigma(sched.logsnr(t))
+    torch.testing.assert_close(t_shifted, shift * t / (1 + (shift - 1) * t), atol=1e-7, rtol=0)  # t range: 2e-9
+    torch.testing.assert_close(rf_t_from_logsnr(sched.logsnr(t), -40.0, 40.0, shift), t)
+
+
+def test_token_shift_grows_with_the_square_root_of_the_tokens():
+    sched = RectifiedFlowSchedule(shift=2.0, base_tokens=256)
+    t = torch.full((3,), 0.5, dtype=torch.float64)
+    tokens = torch.tensor([256.0, 1024.0, 64.0], dtype=torch.float64)
+    lam = sched.logsnr(t, tokens)
+    # SD3's sqrt(m / n) on top of the base shift: x4 tokens doubles sigma / alpha
+    expected = sched.logsnr(t[:1]) - 2 * torch.log(torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(lam, expected)
+    assert token_shift(1024, 256, 2.0) == 4.0
+    torch.testing.assert_close(sched.sampling_logsnrs(4, 1024)[:-1], RectifiedFlowSchedule(shift=4.0).sampling_logsnrs(4)[:-1])
+    # without base_tokens the token count is ignored
+    assert torch.equal(RectifiedFlowSchedule(shift=2.0).logsnr(t, tokens), RectifiedFlowSchedule(shift=2.0).logsnr(t))
+
+
+def test_schedules_name_their_process():
+    lam = torch.linspace(-4, 4, 5)
+    for sched in (CosineSchedule(), LinearLogSNRSchedule()):
+        a, s = sched.alpha_sigma(lam)
+        torch.testing.assert_close(a**2 + s**2, torch.ones_like(lam))
+    a, s = RectifiedFlowSchedule().alpha_sigma(lam)
+    torch.testing.assert_close(a + s, torch.ones_like(lam))
+    with pytest.raises(ValueError, match="shift"):
+        RectifiedFlowSchedule(shift=0.0)

@@ -143,3 +143,37 @@ def test_the_loss_encodes_posterior_means_even_with_a_seeded_generator():
         from_video = model.diffusion_loss(batch, generator=torch.Generator().manual_seed(5), t=t)
         pre_encoded = model.diffusion_loss(latents, generator=torch.Generator().manual_seed(5), t=t)
     torch.testing.assert_close(from_video, pre_encoded)
+
+
+def test_flow_matching_loss_is_the_rectified_flow_regression():
+    # z_t = (1 - t) x0 + t eps, target eps - x0, computed here by hand (pixel space: x0 is the video)
+    from latentvid.diffusion import RectifiedFlowSchedule, TimeSampling
+
+    sched = RectifiedFlowSchedule(logsnr_min=-30.0, logsnr_max=30.0)
+    model = tiny_model(caption_dropout=0.0, schedule=sched, target="flow",
+                       time_sampling=TimeSampling("logit_normal")).eval()
+    batch = shapes_batch()
+    t = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    with torch.no_grad():
+        loss = model.diffusion_loss(batch, generator=torch.Generator().manual_seed(5), t=t)
+        x0 = batch["video"]
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+        tt = t[:, None, None, None, None]
+        z_t = (1 - tt) * x0 + tt * eps
+        ctx, cmask = model.encode_text(batch["caption"])
+        pred = model.unet(z_t, 2 * torch.log((1 - t) / t), context=ctx, context_mask=cmask, fps=batch["fps"],
+                          frame_mask=batch["frame_mask"])
+    torch.testing.assert_close(loss, (pred - (eps - x0)).pow(2).mean(), atol=1e-5, rtol=1e-4)
+    # the sampler runs in the flow's coordinates: a denoiser returning a fixed x0 lands on it exactly
+    x0_fixed = torch.full((2, 3, 2, 16, 16), 0.25)
+    out = model.run_sampler(lambda z, lam: x0_fixed, torch.randn(2, 3, 2, 16, 16), 4, "ddim")
+    torch.testing.assert_close(out, x0_fixed)
+
+
+def test_token_shift_gives_stills_less_noise_than_clips():
+    from latentvid.diffusion import RectifiedFlowSchedule
+
+    model = tiny_model(schedule=RectifiedFlowSchedule(shift=1.0, base_tokens=64))
+    t = torch.full((2,), 0.5)
+    lam = model.schedule_logsnr(t, torch.tensor([64.0, 256.0]))  # a still and a 4-frame clip of 8x8
+    torch.testing.assert_close(lam, torch.tensor([0.0, -2 * torch.log(torch.tensor(2.0)).item()]))
