@@ -14,7 +14,7 @@
 #     carry:     [".whl"]
 #     timeout_s: 420
 #
-# It writes under $OUT (7 files, each listed at the end): env_tests.txt (GPU, versions, GPU tests),
+# It writes under $OUT (9 files, each listed at the end): env_tests.txt (GPU, versions, GPU tests),
 # unet.json + unet.txt (the eager comparison: training at batch 1 and 4, checkpointing, layouts,
 # sampling, profile summary), profile_diffusers.txt / profile_ours.txt (torch.profiler op tables of
 # one training step at batch 4), unet_compile.json + unet_compile.txt (torch.compile variants at
@@ -38,7 +38,8 @@ if [[ $CHECK == 1 ]]; then
     bash -n "$0" && echo "gpu_run.sh: syntax ok"
     ls .whl/*.whl >/dev/null 2>&1 && echo "wheels: $(ls .whl/*.whl | wc -l) in .whl/" \
         || echo "wheels: .whl/ is empty: mkdir -p .whl && cp ../shared/wheels-gpu/*.whl .whl/"
-    python3 tools/benchmark.py unet --help >/dev/null && echo "benchmark: --help ok"
+    python3 tools/benchmark.py unet --help >/dev/null && python3 tools/benchmark.py dit --help >/dev/null \
+        && echo "benchmark: --help ok"
     exit 0
 fi
 
@@ -74,6 +75,15 @@ phase "GPU tests" | tee -a "$OUT/env_tests.txt"
 timeout 75 python3 -m pytest -q -m gpu -p no:cacheprovider \
     tests/nn/test_layers.py tests/nn/test_attention.py tests/nn/test_unet3d.py tests/conditioning/test_text.py \
     2>&1 | tail -25 | tee -a "$OUT/env_tests.txt"
+
+if (( $(left) > 60 )); then
+    phase "DiT: ours vs diffusers' WanTransformer3DModel at Wan 2.1 1.3B's shape (issue 16)"
+    timeout $(( $(left) > 130 ? 120 : $(left) - 10 )) python3 tools/benchmark.py dit --steps 5 \
+        --out "$OUT/dit.json" $EXTRA 2>&1 | tee "$OUT/dit.txt"
+    echo "exit status ${PIPESTATUS[0]}" | tee -a "$OUT/dit.txt"
+else
+    echo "skipping the DiT benchmark: $(left)s left"
+fi
 
 if (( $(left) > 75 )); then
     phase "compiled: ours-compile (train + sampling), then diffusers-compile, batch 4"
