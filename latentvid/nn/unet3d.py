@@ -41,6 +41,9 @@ CHECKPOINTING = ("none", "block", "attention")
 """Gradient checkpointing granularities: none; every U-Net block (a ResBlock with its attention
 layers, or a down / up sampler); every attention and feed-forward layer alone."""
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+TEXT_POOLING = (None, "mean", "last")
+"""How the caption's tokens are pooled into one vector for the embedding path (see ``UNet3D``):
+none, the mean of the real tokens, or the last real token (a causal tower's end-of-text token)."""
 _ATTENTION_LAYERS = (SpatialSelfAttention, CrossAttention, TemporalAttention, FeedForward)
 
 
@@ -96,7 +99,15 @@ class UNet3D(nn.Module):
         attention_levels: indices into ``channel_mult`` whose blocks get attention (spatial self,
             cross, temporal); the middle block always has it.
         head_dim: channels per attention head (heads = channels // head_dim; must divide).
-        context_dim: width D of the text context (B, L, D); None disables cross-attention.
+        context_dim: width D of the text context (B, L, D); None disables text conditioning.
+        cross_attention: attend to the text tokens from every attention block (per frame).
+        text_pooling: also pool the text tokens into one vector and add an MLP of it to the
+            logSNR embedding, which FiLM-modulates every ResBlock, temporal convolutions
+            included (Imagen's pooled text embedding): ``"mean"`` of the real tokens, ``"last"``
+            real token, or None (cross-attention only). Cross-attention reaches each frame alone,
+            so a caption's *motion* words must otherwise be combined with frame order by later
+            layers; the pooled path gives every layer the whole caption (README, "What the demo
+            shows"). Its output layer starts at zero.
         temporal_attention: add temporal attention to attention blocks.
         temporal_conv: give the convolutions their identity-initialised temporal part; False makes
             every convolution purely spatial.
@@ -133,6 +144,8 @@ class UNet3D(nn.Module):
         attention_levels: tuple[int, ...] = (1, 2),
         head_dim: int = 32,
         context_dim: int | None = 512,
+        cross_attention: bool = True,
+        text_pooling: str | None = None,
         temporal_attention: bool = True,
         temporal_conv: bool = True,
         max_temporal_distance: int = 32,
@@ -157,10 +170,18 @@ class UNet3D(nn.Module):
             raise ValueError(f"num_extra_conditions must be >= 0, got {num_extra_conditions}")
         if ff_mult < 0:
             raise ValueError(f"ff_mult must be >= 0 (0 = no feed-forward layers), got {ff_mult}")
+        if text_pooling not in TEXT_POOLING:
+            raise ValueError(f"text_pooling must be one of {TEXT_POOLING}, got {text_pooling!r}")
+        if context_dim is None and text_pooling is not None:
+            raise ValueError(f"text_pooling={text_pooling!r} needs text: set context_dim")
+        if context_dim is not None and not cross_attention and text_pooling is None:
+            raise ValueError("cross_attention=False without text_pooling would ignore the text: "
+                             "set text_pooling or context_dim=None")
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.context_dim = context_dim
+        self.text_pooling = text_pooling
         self.num_extra_conditions = num_extra_conditions
         self.downsample_factor = 2 ** (len(channel_mult) - 1)
         self.gradient_checkpointing = checkpointing_mode(gradient_checkpointing)
@@ -174,13 +195,18 @@ class UNet3D(nn.Module):
         self.extra_embed = None
         if num_extra_conditions:
             self.extra_embed = ScalarEmbedding(emb_dim, LOGSNR_RANGE, num_extra_conditions, freq_dim=model_channels)
+        self.text_embed = None
+        if text_pooling is not None:
+            self.text_embed = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.text_embed[-1].weight)  # starts as a network without the pooled path
+            nn.init.zeros_(self.text_embed[-1].bias)
 
         def res_block(c_in: int, c_out: int) -> ResBlock3D:
             return ResBlock3D(c_in, c_out, emb_dim, dropout, norm_groups, temporal_conv)
 
         def attention_layers(channels: int) -> list[nn.Module]:
             layers: list[nn.Module] = [SpatialSelfAttention(channels, head_dim, norm_groups, attention_backend)]
-            if context_dim is not None:
+            if context_dim is not None and cross_attention:
                 layers.append(CrossAttention(channels, context_dim, head_dim, attention_backend))
             if ff_mult:
                 layers.append(FeedForward(channels, ff_mult, dropout))
@@ -290,6 +316,8 @@ class UNet3D(nn.Module):
             emb = emb + self.fps_embed(fps)
         if self.extra_embed is not None:
             emb = emb + self.extra_embed(extra)
+        if self.text_embed is not None:
+            emb = emb + self.text_embed(pool_tokens(context, context_mask, self.text_pooling))
         cond = (emb, context, context_mask, frame_mask)
 
         if self.channels_last:
@@ -304,6 +332,23 @@ class UNet3D(nn.Module):
             h = self._run(stage, torch.cat([h, skips.pop()], dim=1), cond)
         out = conv_per_frame(self.out_conv, F.silu(self.out_norm(h)))  # (B, C_out, T, H, W)
         return out.contiguous()  # callers get the usual layout (C_out is small)
+
+
+def pool_tokens(context: Tensor, context_mask: Tensor | None, mode: str) -> Tensor:
+    """Pool text tokens (B, L, D) with their mask (B, L) bool (None = all real) into (B, D).
+
+    ``"mean"``: the mean of the real tokens; ``"last"``: the last real token (for a causal tower
+    such as CLIP's, the end-of-text token, which has seen the whole caption)."""
+    if context_mask is None:
+        context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+    m = context_mask.to(context.dtype)  # (B, L)
+    if mode == "mean":
+        return (context * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1.0)
+    if mode == "last":
+        positions = torch.arange(context.shape[1], device=context.device)  # (L,)
+        last = torch.where(context_mask, positions, -1).amax(dim=1).clamp_min(0)  # (B,)
+        return context[torch.arange(context.shape[0], device=context.device), last]
+    raise ValueError(f"unknown text pooling {mode!r}; expected one of {TEXT_POOLING[1:]}")
 
 
 def check_denoiser_inputs(

@@ -431,3 +431,43 @@ def test_recipes_unet_arguments_build_the_network(recipe):
     with torch.device("meta"):
         model = UNet3D(**args)
     assert model.gradient_checkpointing in unet_mod.CHECKPOINTING
+
+
+def test_pool_tokens_against_a_loop():
+    g = torch.Generator().manual_seed(4)
+    context = torch.randn(3, 6, 5, generator=g)
+    mask = torch.tensor([[True] * 6, [True, True, True, False, False, False], [True, False, False, False, False, False]])
+    for i, row in enumerate(mask):
+        real = context[i, row]  # (n_real, D)
+        torch.testing.assert_close(unet_mod.pool_tokens(context, mask, "mean")[i], real.mean(0))
+        torch.testing.assert_close(unet_mod.pool_tokens(context, mask, "last")[i], real[-1])
+    torch.testing.assert_close(unet_mod.pool_tokens(context, None, "mean"), context.mean(1))
+
+
+@torch.no_grad()
+def test_pooled_text_path_starts_as_the_network_without_it_then_conditions_every_block():
+    torch.manual_seed(0)
+    plain = tiny_unet()
+    torch.manual_seed(0)
+    pooled = tiny_unet(text_pooling="mean")
+    missing = pooled.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("text_embed.") for k in missing)
+    x = torch.randn(B, C, T, S, S, generator=torch.Generator().manual_seed(2))
+    cond = conditions()
+    torch.testing.assert_close(pooled(x, **cond), plain(x, **cond))  # zero-initialised output layer
+    # trained (non-zero) pooled path, no cross-attention: the caption still changes every frame's output
+    text_only = tiny_unet(text_pooling="mean", cross_attention=False)
+    nn.init.normal_(text_only.text_embed[-1].weight, std=0.5)
+    other = dict(cond, context=cond["context"] + 1.0)
+    delta = (text_only(x, **cond) - text_only(x, **other)).abs().amax(dim=(0, 1, 3, 4))  # (T,)
+    assert (delta > 1e-3).all()
+    assert not any(isinstance(m, unet_mod.CrossAttention) for m in text_only.modules())
+
+
+def test_text_options_are_validated():
+    with pytest.raises(ValueError, match="text_pooling"):
+        tiny_unet(text_pooling="max")
+    with pytest.raises(ValueError, match="needs text"):
+        tiny_unet(context_dim=None, text_pooling="mean")
+    with pytest.raises(ValueError, match="ignore the text"):
+        tiny_unet(cross_attention=False)
