@@ -123,18 +123,25 @@ def masked_mse(pred: Tensor, target: Tensor, frame_mask: Tensor | None = None, w
     return per_sample.mean()
 
 
-def snr_loss_weight(logsnr: Tensor, target: Target, gamma: float | None = None, sigma: Tensor | None = None) -> Tensor:
+def snr_loss_weight(
+    logsnr: Tensor, target: Target, gamma: float | None = None, sigma: Tensor | None = None, floor: float | None = None
+) -> Tensor:
     """Optional per-sample loss weight (B,) expressed for the chosen target.
 
     With ``gamma`` set, this is Min-SNR-gamma weighting (Hang et al., 2023): the x0-space weight
     min(SNR, gamma) times (d x0 / d prediction)^2, i.e. eps: /SNR, v: /(SNR + 1) (VP; in general
     /((SNR + 1)^2 sigma^2), so pass the process's ``sigma`` (B,) for a non-VP v model), flow:
     /(sqrt(SNR) + 1)^2 (any process). ``None`` -> ones.
+
+    ``floor`` clamps the x0-space weight from below as well, min(max(SNR, floor), gamma): with
+    floor = 1 the noisiest levels keep the weight the plain v loss gives them (Salimans & Ho's
+    truncated SNR, max(SNR, 1)) instead of Min-SNR's SNR -> 0. Those levels are where a video's
+    motion is decided (README, "What the demo shows"). ``gamma=None`` with a floor is truncated SNR.
     """
-    if gamma is None:
+    if gamma is None and floor is None:
         return torch.ones_like(logsnr)
     snr = logsnr.exp()
-    w = snr.clamp(max=gamma)
+    w = snr.clamp(min=floor, max=gamma)
     if target == "eps":
         return w / snr
     if target == "v":

@@ -57,6 +57,10 @@ class LatentDiffusion(LightningModule):
             ``None`` takes the schedule's ``prediction_type`` (a pretrained model's, from its scheduler config).
         caption_dropout: probability of training on the empty caption (enables classifier-free guidance).
         min_snr_gamma: Min-SNR-gamma loss weighting; ``None`` is the plain (unweighted) loss in target space.
+        snr_floor: lower clamp of the same x0-space weight, min(max(SNR, snr_floor), gamma)
+            (:func:`~latentvid.diffusion.parameterization.snr_loss_weight`). Min-SNR alone weighs
+            the noisiest levels by SNR -> 0, and those are where motion is decided: with
+            ``snr_floor: 1`` they keep the weight of the plain v loss (README, "What the demo shows").
         lr, weight_decay, betas: AdamW settings for the trainable (U-Net) parameters.
         warmup_steps: linear learning-rate warm-up length in optimiser steps.
         sample_steps: default number of sampler steps for :meth:`sample`.
@@ -82,6 +86,7 @@ class LatentDiffusion(LightningModule):
         target: str | None = "v",
         caption_dropout: float = 0.1,
         min_snr_gamma: float | None = None,
+        snr_floor: float | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.99),
@@ -124,6 +129,9 @@ class LatentDiffusion(LightningModule):
         self.target = target
         self.caption_dropout = caption_dropout
         self.min_snr_gamma = min_snr_gamma
+        if snr_floor is not None and (snr_floor < 0 or (min_snr_gamma is not None and snr_floor > min_snr_gamma)):
+            raise ValueError(f"model.snr_floor must lie in [0, min_snr_gamma={min_snr_gamma}], got {snr_floor}")
+        self.snr_floor = snr_floor
         self.spatial_lr_scale = spatial_lr_scale
         if spatial_lr_scale != 1.0:
             if not hasattr(unet, "spatial_parameters"):
@@ -249,7 +257,7 @@ class LatentDiffusion(LightningModule):
         z_t = diffuse(z0, eps, alpha, sigma)
         pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask, **extra)
         target = training_target(z0, eps, alpha, sigma, self.target)
-        weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma, sigma=sigma)
+        weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma, sigma=sigma, floor=self.snr_floor)
         return masked_mse(pred, target, mask, weight=weight)
 
     def schedule_logsnr(self, t: Tensor, tokens: Tensor | float | None = None) -> Tensor:
