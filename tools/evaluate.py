@@ -17,7 +17,7 @@ A super-resolution stage (SSR / TSR) on held-out clips: each clip is degraded as
 (downsampled in space / every f-th frame kept), super-resolved, and scored against the original
 next to the plain baseline (bicubic upsampling for SSR, repeated frames for TSR, scored on the frames
 between the input frames); PSNR per clip, averaged over clips:
-    python tools/evaluate.py --sr-ckpt runs/ssr/checkpoints/last.ckpt --real data/shapes-64/heldout.jsonl
+    python tools/evaluate.py --sr-ckpt runs/ssr --real data/shapes-64/heldout.jsonl
 
 A VAE's reconstructions of held-out clips (encode, decode the posterior mean; PSNR per clip as above):
     python tools/evaluate.py --vae-ckpt data/vae/shapes-vae.ckpt --real data/shapes/heldout.jsonl

@@ -2,7 +2,7 @@
 
 ``tools/sample.py`` and ``tools/evaluate.py`` are argument parsers over these functions::
 
-    model, ckpt = load_model("runs/base/checkpoints/last.ckpt")
+    model, ckpt = load_model("runs/base")
     videos = sample_videos(model, captions, clip_shape(ckpt), seed=0, steps=30)   # (N, 3, T, H, W)
     probe_scores(videos, captions)                                                 # {"colour": ..., ...}
 """
