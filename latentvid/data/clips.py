@@ -9,6 +9,8 @@ The steps are separate, pure functions, so each is tested on its own:
 
 * :func:`sample_frame_indices`: which source frames to take (target fps resampled from the
   file's real rate, or a fixed stride; random / centred / first start) and the effective fps;
+* :func:`sample_frame_times`: the same by presentation time, for variable frame rate files
+  (the frame nearest each wanted time, see :mod:`latentvid.data.timestamps`);
 * :func:`crop_box` + :func:`resize_crop`: resize the shorter side to the target and crop
   (random or centred), computed as one crop-then-resize so only the kept pixels are resized;
 * :func:`pad_clip` / :func:`image_to_clip`: uint8 frames -> float ``(3, T, H, W)`` in [-1, 1]
@@ -30,7 +32,9 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from latentvid.data.readers import BACKENDS, Source, VideoReadError, open_video, source_name
+from latentvid.data.readers import (BACKENDS, Source, TimestampError, VideoReader, VideoReadError, open_video,
+                                    source_name)
+from latentvid.data.timestamps import frames_at_times, is_constant_rate, note_fallback
 from latentvid.data.video import from_uint8, resize_frames
 
 
@@ -48,7 +52,8 @@ class ClipSpec:
             resized to fit and the rest cropped (aspect ratio kept).
         fps: target frame rate: frames are resampled from the file's real rate (never above
             it: a slower file is read at its own rate) and the rate actually obtained is
-            reported as the sample's ``fps``. ``None``: use ``stride`` instead.
+            reported as the sample's ``fps``. A variable frame rate file (unevenly spaced
+            timestamps) takes the frames nearest the wanted times. ``None``: use ``stride`` instead.
         stride: take every ``stride``-th frame when ``fps`` is None (reported fps = file fps / stride).
         start: where the clip starts in the file (or in its ``start``..``end`` window):
             ``"random"``, ``"center"`` or ``"first"``.
@@ -173,6 +178,61 @@ def sample_frame_indices(
     return [first + begin + o for o in offsets], effective
 
 
+def sample_frame_times(
+    timestamps: np.ndarray,
+    source_fps: float,
+    num_frames: int,
+    target_fps: float,
+    *,
+    start: str = "random",
+    start_s: float | None = None,
+    end_s: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], float]:
+    """Source frame indices of one clip chosen by presentation time (variable frame rate files).
+
+    ``timestamps`` (N,) are the frames' times in seconds (strictly increasing, frame 0 at 0).
+    The frames shown in ``start_s .. end_s`` are eligible: from the one on screen at ``start_s``
+    to the last that starts before ``end_s``. The clip's rate is ``target_fps``, but never above
+    ``source_fps`` (the file's average rate), as in :func:`sample_frame_indices`. The clip
+    starts on an eligible frame ``b`` from which ``num_frames`` samples fit (``"random"``:
+    uniform over them, from ``generator``; ``"center"``: the one nearest the centre of the
+    window's slack; ``"first"``), and frame k is the one whose time is nearest
+    ``timestamps[b] + k / rate`` (:func:`~latentvid.data.timestamps.frames_at_times`), so a
+    frame shown for longer than one step may repeat.
+
+    Returns:
+        (indices, effective_fps): up to ``num_frames`` non-decreasing indices (fewer when the
+        window is too short: as many as fit from its first frame) and the rate they represent.
+    """
+    ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)  # (N,)
+    if num_frames < 1 or not source_fps > 0 or not target_fps > 0:
+        raise ValueError(f"invalid sampling: {num_frames=} {source_fps=} {target_fps=}")
+    eps = 1e-6  # seconds: times from a rational time base, compared as floats
+    first = max(int(np.searchsorted(ts, start_s + eps, side="right")) - 1, 0) if start_s else 0
+    last = int(np.searchsorted(ts, end_s - eps, side="left")) if end_s else ts.size
+    if last - first < 1:
+        return [], 0.0
+    rate = min(float(target_fps), float(source_fps))
+    offsets = np.arange(num_frames) / rate  # (T,) seconds after the clip's first frame
+    lo, hi = ts[first], ts[last - 1]
+    fits = np.flatnonzero(ts[first:last] + offsets[-1] <= hi + eps) + first  # start frames with room for T
+    if fits.size:
+        if start == "random":
+            begin = int(fits[_uniform_int(fits.size - 1, generator)])
+        elif start == "center":
+            begin = int(fits[frames_at_times(ts[fits], [lo + (ts[fits[-1]] - lo) / 2])[0]])
+        elif start == "first":
+            begin = int(fits[0])
+        else:
+            raise ValueError(f"unknown start {start!r}; use 'random', 'center' or 'first'")
+    else:
+        begin = first
+        offsets = offsets[lo + offsets <= hi + eps]
+    indices = frames_at_times(ts[first:last], ts[begin] + offsets) + first  # (T,)
+    return [int(i) for i in indices], rate
+
+
 def crop_box(height: int, width: int, out_h: int, out_w: int, mode: str = "center",
              generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
     """The source region ``(top, left, crop_h, crop_w)`` that "resize the shorter side to fit
@@ -249,16 +309,34 @@ class Clip(NamedTuple):
     indices: list[int]
 
 
+def _variable_times(reader: VideoReader, spec: ClipSpec, fps: float | None) -> np.ndarray | None:
+    """The frame times (N,) of a variable frame rate file when the clip is sampled by time; None
+    to sample by the average rate (constant rate, a stride, a given ``fps``, unusable timestamps)."""
+    if spec.fps is None or fps or reader.num_frames < 3:
+        return None  # a stride counts frames; a given fps overrides the file's timing
+    try:
+        times = reader.timestamps()  # (N,)
+    except TimestampError as err:
+        note_fallback(reader.name, err.kind, str(err).removeprefix(f"{reader.name}: "))
+        return None
+    return None if is_constant_rate(times) else times
+
+
 def _read_clip(source: Source, spec: ClipSpec, backend: str, name: str, generator: torch.Generator | None,
                window: tuple[float | None, float | None], fps: float | None) -> Clip:
     with open_video(source, backend, spec.threads, name) as reader:
         source_fps = float(fps) if fps else reader.fps
         start_s, end_s = window
-        first = math.floor(start_s * source_fps) if start_s else 0
-        last = math.ceil(end_s * source_fps) if end_s else None
-        indices, effective = sample_frame_indices(
-            reader.num_frames, source_fps, spec.num_frames, target_fps=spec.fps, stride=spec.stride,
-            start=spec.start, first=first, last=last, generator=generator)
+        times = _variable_times(reader, spec, fps)
+        if times is not None:
+            indices, effective = sample_frame_times(times, source_fps, spec.num_frames, spec.fps, start=spec.start,
+                                                    start_s=start_s, end_s=end_s, generator=generator)
+        else:
+            first = math.floor(start_s * source_fps) if start_s else 0
+            last = math.ceil(end_s * source_fps) if end_s else None
+            indices, effective = sample_frame_indices(
+                reader.num_frames, source_fps, spec.num_frames, target_fps=spec.fps, stride=spec.stride,
+                start=spec.start, first=first, last=last, generator=generator)
         if not indices:
             raise ClipError(f"{name}: no frames in the window {start_s}..{end_s} s "
                             f"({reader.num_frames} frames at {source_fps:g} fps)")
@@ -273,7 +351,10 @@ def load_clip(source: Source, spec: ClipSpec, generator: torch.Generator | None 
     """Decode one clip of ``source`` (path or bytes) as ``spec`` says, resized and cropped.
 
     ``window``: (start, end) seconds to sample from (None = the whole file); ``fps``: the
-    file's frame rate if known better than its header (e.g. a CSV column). A file the chosen
+    file's frame rate if known better than its header (e.g. a CSV column; frames are then
+    taken by that rate, not by the file's timestamps). A variable frame rate file is sampled
+    by its timestamps (:func:`sample_frame_times`), or by its average rate, counted and logged
+    (:func:`~latentvid.data.timestamps.note_fallback`), when they are unusable. A file the chosen
     backend cannot read is retried with PyAV when ``spec.fallback``. Raises
     ``FileNotFoundError`` or :class:`ClipError` naming the file.
     """

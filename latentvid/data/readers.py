@@ -6,11 +6,14 @@ shard) and return uint8 RGB frames ``(t, H, W, 3)`` for any list of frame indice
     with open_video("clip.mp4", backend="decord", num_threads=2) as reader:
         frames = reader.read([0, 2, 4, 6])     # uint8 (4, H, W, 3)
         reader.num_frames, reader.fps
+        reader.timestamps()                    # float64 (num_frames,) PTS in seconds from frame 0
 
 Every failure is a :class:`VideoReadError` (a ``ValueError``) whose message starts with the
 file's name; a missing file is a ``FileNotFoundError``. Frames come out as displayed: both
 readers apply a rotation stored in the file's display matrix (decord does so itself; PyAV
-reports it per frame and it is applied here).
+reports it per frame and it is applied here). Frame ``i`` is the i-th frame in presentation
+order for both; :meth:`VideoReader.timestamps` says when each is shown (variable frame rate
+files are sampled by it, see :mod:`latentvid.data.timestamps`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from latentvid.data.timestamps import frames_at_times, timestamp_problem
+
 Backend = Literal["decord", "pyav"]
 BACKENDS: tuple[str, ...] = ("decord", "pyav")
 Source = str | os.PathLike | bytes
@@ -30,6 +35,24 @@ Source = str | os.PathLike | bytes
 
 class VideoReadError(ValueError):
     """A video that cannot be opened or decoded; the message names the file."""
+
+
+class TimestampError(VideoReadError):
+    """A video whose frame timestamps cannot be used (its frames may still decode); ``kind`` is
+    :func:`~latentvid.data.timestamps.timestamp_problem`'s short key."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _checked_times(seconds: np.ndarray, num_frames: int, name: str) -> np.ndarray:
+    """(N,) PTS in seconds -> the same relative to frame 0, or TimestampError naming the file."""
+    problem = timestamp_problem(seconds, num_frames)
+    if problem is not None:
+        kind, detail = problem
+        raise TimestampError(f"{name}: {detail}", kind)
+    return seconds - seconds[0]
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:
@@ -77,6 +100,12 @@ class VideoReader:
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         """Frames at ``indices`` (any order, repeats allowed) as uint8 (t, H, W, 3)."""
+        raise NotImplementedError
+
+    def timestamps(self) -> np.ndarray:
+        """Presentation time of every frame, float64 (num_frames,) seconds after frame 0, strictly
+        increasing; :class:`TimestampError` when the file has none usable (missing, not
+        increasing, not one per frame)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -166,6 +195,15 @@ class DecordReader(VideoReader):
             raise VideoReadError(f"{self.name}: decord failed to decode frames ({_first_line(err)})") from err
         return unpad_rows(frames)  # padded rows: get_batch fails, frames come one by one
 
+    def timestamps(self) -> np.ndarray:
+        # decord's index holds every frame's (start, end) time in seconds: no decoding needed
+        try:
+            spans = np.asarray(self._reader.get_frame_timestamp(list(range(self.num_frames))), dtype=np.float64)
+        except Exception as err:
+            raise TimestampError(f"{self.name}: no frame timestamps from decord ({_first_line(err)})",
+                                 "missing") from err
+        return _checked_times(spans.reshape(-1, 2)[:, 0], self.num_frames, self.name)  # (N,)
+
     def close(self) -> None:
         self._reader = None
 
@@ -180,8 +218,8 @@ class PyAVReader(VideoReader):
 
     Frame ``i`` is the i-th decoded frame in presentation order. A request that starts more
     than ``seek_after`` seconds into the video seeks to the keyframe before it and numbers the
-    frames from their timestamps (exact for constant frame rate files; for variable rate ones
-    the numbering follows the average rate, as decord's index does).
+    frames from their timestamps: by the file's table of packet timestamps (read once, by
+    demuxing without decoding), or by the average rate when that table is unusable.
 
     Args:
         source: a file path, or the bytes of an encoded video file.
@@ -213,6 +251,7 @@ class PyAVReader(VideoReader):
         self.num_threads = num_threads
         self._container = None
         self._fresh = False
+        self._pts: np.ndarray | TimestampError | None = None  # int64 (N,) sorted packet PTS, once read
         try:
             self._container = av.open(self._file)
             if not self._container.streams.video:
@@ -258,6 +297,37 @@ class PyAVReader(VideoReader):
         stream.codec_context.thread_count = self.num_threads
         return stream
 
+    def _frame_pts(self) -> np.ndarray:
+        """int64 (N,) PTS of every frame in presentation order (stream time base), from the packets
+        (read once: demuxing without decoding); :class:`TimestampError` when unusable."""
+        if self._pts is None:
+            try:
+                self._pts = self._read_pts()
+            except TimestampError as err:
+                self._pts = err
+        if isinstance(self._pts, TimestampError):
+            raise TimestampError(str(self._pts), self._pts.kind)
+        return self._pts
+
+    def _read_pts(self) -> np.ndarray:
+        try:
+            stream = self._new_stream()
+            pts = [p.pts for p in self._container.demux(stream) if p.size and not p.is_discard]
+        except Exception as err:
+            reason = f"cannot read packet timestamps ({_first_line(err)})"
+            raise TimestampError(f"{self.name}: {reason}", "missing") from err
+        if any(p is None for p in pts):
+            raise TimestampError(f"{self.name}: packets without timestamps", "missing")
+        table = np.sort(np.asarray(pts, dtype=np.int64))  # decode order -> presentation order
+        _checked_times(table.astype(np.float64), self.num_frames, self.name)
+        return table
+
+    def timestamps(self) -> np.ndarray:
+        if not self._time_base > 0:
+            raise TimestampError(f"{self.name}: no stream time base", "missing")
+        table = self._frame_pts()
+        return (table - table[0]) * self._time_base  # (N,) seconds
+
     def read(self, indices: Sequence[int]) -> np.ndarray:
         indices = _check_indices(indices, self.num_frames, self.name)
         wanted = set(indices)
@@ -275,17 +345,29 @@ class PyAVReader(VideoReader):
         return np.stack([got[i] for i in indices])  # (t, H, W, 3)
 
     def _decode_range(self, first: int, last: int, wanted: set[int], seek: bool) -> dict[int, np.ndarray]:
+        table = None
+        if seek and self._time_base > 0:
+            try:
+                table = self._frame_pts()  # (N,) exact for any frame rate
+            except TimestampError:
+                table = None  # numbered by the average rate instead
         stream = self._new_stream()
         got: dict[int, np.ndarray] = {}
         use_pts = False
         if seek and self._time_base > 0:
-            target = self._start + int((first / self.fps) / self._time_base)
+            if table is not None:
+                target = int(table[first])
+            else:
+                target = self._start + int((first / self.fps) / self._time_base)
             self._container.seek(target, stream=stream, backward=True, any_frame=False)
             use_pts = True
         index = -1
         for frame in self._container.decode(stream):
             if use_pts and frame.pts is not None:
-                index = round((frame.pts - self._start) * self._time_base * self.fps)
+                if table is not None:
+                    index = int(frames_at_times(table, [frame.pts])[0])
+                else:
+                    index = round((frame.pts - self._start) * self._time_base * self.fps)
             else:
                 index += 1
             if index > last:
