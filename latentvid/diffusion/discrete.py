@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from latentvid.diffusion.schedule import alpha_sigma, time_grid
+from latentvid.diffusion.schedule import alpha_sigma, sampling_grid
 
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES: dict[str, str] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -159,11 +159,11 @@ class DiscreteSchedule:
         t = self.timestep(logsnr) / (int(self.num_train_timesteps) - 1)
         return t.to(logsnr.dtype if logsnr.is_floating_point() else torch.float32)
 
-    def sampling_logsnrs(self, steps: int) -> Tensor:
-        """(steps + 1,) logSNRs from t = 1 (timestep N - 1) to t = 0, the last one +inf (a clean sample)."""
-        lam = self.logsnr(time_grid(steps))
-        lam[-1] = math.inf
-        return lam
+    def sampling_logsnrs(self, steps: int, spacing: str = "time") -> Tensor:
+        """(steps + 1,) logSNRs from t = 1 (timestep N - 1) towards t = 0, the last one +inf (a clean
+        sample); ``spacing`` one of ``SPACINGS`` (:func:`~latentvid.diffusion.schedule.sampling_grid`:
+        ``"karras"`` is diffusers' ``use_karras_sigmas`` grid of this table)."""
+        return sampling_grid(self.logsnr, steps, spacing)
 
 
 # what diffusers' DDPM / DDIM / PNDM schedulers assume for keys a config file leaves out

@@ -128,6 +128,46 @@ def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0, dtype: torch
     return torch.linspace(t_start, t_end, steps + 1, dtype=dtype)
 
 
+SPACINGS: tuple[str, ...] = ("time", "logsnr", "karras")
+"""The sampling grids of :func:`sampling_grid` (``"time"``, uniform in the schedule's t, is the default)."""
+
+
+def sampling_grid(logsnr: Callable[[Tensor], Tensor], steps: int, spacing: str = "time", rho: float = 7.0) -> Tensor:
+    """A sampling grid (steps + 1,) float32 of logSNRs from t = 1 (noise) towards t = 0, the last one +inf.
+
+    ``logsnr`` is the schedule's t -> logSNR. ``spacing``:
+
+    - ``"time"``: t evenly spaced from 1 to 0, the t = 0 point replaced by +inf (a clean sample);
+    - ``"logsnr"``: ``steps`` logSNRs evenly spaced from logSNR(1) to logSNR(0), then +inf (DPM-Solver's
+      uniform-lambda grid, lambda = logSNR / 2);
+    - ``"karras"``: Karras et al. (2022, eq. 5) on sigma / alpha = exp(-logSNR / 2): ``steps`` values
+      with (sigma / alpha)^(1 / rho) evenly spaced from the value at t = 1 to the one at t = 0, then
+      +inf (their sigma_N = 0). rho = 7 spends more steps at low noise; rho -> inf is ``"logsnr"``.
+
+    ``"logsnr"`` and ``"karras"`` evaluate the network at both ends of the schedule's range, as Karras
+    et al.'s grid does; the time grid's last evaluation is at t = 1 / steps instead. A grid is
+    logSNRs, so every process (VP or flow) and every sampler takes it; these two are computed in float64.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if spacing == "time":
+        lam = logsnr(time_grid(steps))
+        lam[-1] = math.inf
+        return lam
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    lam_noise, lam_data = logsnr(torch.tensor([1.0, 0.0], dtype=torch.float64)).double().tolist()
+    if spacing == "logsnr":
+        lam = torch.linspace(lam_noise, lam_data, steps, dtype=torch.float64)
+    else:
+        if rho <= 0:
+            raise ValueError(f"rho must be > 0, got {rho}")
+        # (sigma / alpha)^(1 / rho) = exp(-logSNR / (2 rho)), evenly spaced
+        ends = [math.exp(-lam / (2.0 * rho)) for lam in (lam_noise, lam_data)]
+        lam = -2.0 * rho * torch.linspace(*ends, steps, dtype=torch.float64).log()
+    return torch.cat([lam, torch.tensor([math.inf], dtype=torch.float64)]).float()
+
+
 @dataclass(frozen=True)
 class CosineSchedule:
     """The cosine schedule as a config object (LightningCLI builds it from YAML).
@@ -150,11 +190,10 @@ class CosineSchedule:
         """logSNR (...) -> (alpha, sigma) of this (variance-preserving) process."""
         return alpha_sigma(logsnr)
 
-    def sampling_logsnrs(self, steps: int) -> Tensor:
-        """(steps + 1,) logSNRs from t = 1 to t = 0, the last one +inf (a clean sample)."""
-        lam = self.logsnr(time_grid(steps))
-        lam[-1] = math.inf
-        return lam
+    def sampling_logsnrs(self, steps: int, spacing: str = "time") -> Tensor:
+        """(steps + 1,) logSNRs from t = 1 towards t = 0, the last one +inf (a clean sample); ``spacing``
+        one of ``SPACINGS`` (:func:`sampling_grid`)."""
+        return sampling_grid(self.logsnr, steps, spacing)
 
 
 @dataclass(frozen=True)
@@ -172,11 +211,10 @@ class LinearLogSNRSchedule:
         """logSNR (...) -> (alpha, sigma) of this (variance-preserving) process."""
         return alpha_sigma(logsnr)
 
-    def sampling_logsnrs(self, steps: int) -> Tensor:
-        """(steps + 1,) logSNRs from t = 1 to t = 0, the last one +inf (a clean sample)."""
-        lam = self.logsnr(time_grid(steps))
-        lam[-1] = math.inf
-        return lam
+    def sampling_logsnrs(self, steps: int, spacing: str = "time") -> Tensor:
+        """(steps + 1,) logSNRs from t = 1 towards t = 0, the last one +inf (a clean sample); ``spacing``
+        one of ``SPACINGS`` (:func:`sampling_grid`)."""
+        return sampling_grid(self.logsnr, steps, spacing)
 
 
 @dataclass(frozen=True)
@@ -221,11 +259,10 @@ class RectifiedFlowSchedule:
         """logSNR (...) -> (alpha, sigma) = (1 - t, t) of the flow."""
         return rf_alpha_sigma(logsnr)
 
-    def sampling_logsnrs(self, steps: int, tokens: float | None = None) -> Tensor:
-        """(steps + 1,) logSNRs from t = 1 to t = 0, the last one +inf (a clean sample)."""
-        lam = self.logsnr(time_grid(steps), tokens)
-        lam[-1] = math.inf
-        return lam
+    def sampling_logsnrs(self, steps: int, tokens: float | None = None, spacing: str = "time") -> Tensor:
+        """(steps + 1,) logSNRs from t = 1 towards t = 0, the last one +inf (a clean sample); ``spacing``
+        one of ``SPACINGS`` (:func:`sampling_grid`)."""
+        return sampling_grid(lambda t: self.logsnr(t, tokens), steps, spacing)
 
 
 Schedule = CosineSchedule | LinearLogSNRSchedule | RectifiedFlowSchedule

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 
 from latentvid.diffusion import alpha_sigma, sample_ddim
 from latentvid.diffusion.discrete import DiscreteSchedule, read_scheduler_config
@@ -63,6 +63,16 @@ def test_sampling_grid_runs_from_the_last_timestep_to_clean():
     torch.testing.assert_close(torch.sigmoid(lam[0].double()), ac[999], rtol=1e-4, atol=0)
     t = s.t_from_logsnr(lam[:-1].double()).float()
     torch.testing.assert_close(t, torch.linspace(1, 0.1, 10), atol=1e-5, rtol=0)
+
+
+def test_karras_spacing_is_diffusers_karras_sigmas():
+    # sigma / alpha of the table's last and first timesteps, rho = 7, then 0 (diffusers' use_karras_sigmas)
+    ref = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                      use_karras_sigmas=True)
+    ref.set_timesteps(12)
+    lam = DiscreteSchedule().sampling_logsnrs(12, spacing="karras").double()
+    # diffusers forms 1 - alphas_cumprod in float32: about 1e-5 relative at timestep 0 (1 - 0.99915)
+    torch.testing.assert_close(torch.exp(-0.5 * lam), ref.sigmas.double(), rtol=5e-5, atol=0)
 
 
 def test_ddim_on_the_grid_equals_diffusers_ddim_at_the_same_timesteps():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from latentvid.diffusion.schedule import (
+    SPACINGS,
     CosineSchedule,
     LinearLogSNRSchedule,
     RectifiedFlowSchedule,
@@ -14,6 +15,7 @@ from latentvid.diffusion.schedule import (
     linear_logsnr,
     logsnr_from_alpha_sigma,
     rf_t_from_logsnr,
+    sampling_grid,
     time_grid,
     token_shift,
 )
@@ -80,6 +82,50 @@ def test_sampling_grid():
     assert lam.shape == (11,) and math.isinf(lam[-1]) and bool((lam[1:] > lam[:-1]).all())
     with pytest.raises(ValueError):
         time_grid(0)
+
+
+@pytest.mark.parametrize("schedule", [CosineSchedule(), LinearLogSNRSchedule(), RectifiedFlowSchedule(shift=3.0)],
+                         ids=["cosine", "linear", "rf"])
+def test_the_default_spacing_is_the_uniform_time_grid(schedule):
+    # unchanged by the spacing option: logSNR(t) on t = 1, (N-1)/N, ..., 1/N, then +inf
+    lam = schedule.sampling_logsnrs(7)
+    assert torch.equal(lam, schedule.sampling_logsnrs(7, spacing="time")) and lam.dtype == torch.float32
+    torch.testing.assert_close(lam[:-1], schedule.logsnr(torch.linspace(1.0, 0.0, 8)[:-1]))
+    assert lam[-1] == math.inf
+
+
+@pytest.mark.parametrize("schedule", [CosineSchedule(shift=0.5), LinearLogSNRSchedule(),
+                                      RectifiedFlowSchedule(shift=3.0)], ids=["cosine", "linear", "rf"])
+def test_logsnr_and_karras_spacings(schedule):
+    steps = 6
+    ends = schedule.logsnr(torch.tensor([1.0, 0.0], dtype=torch.float64))  # (noisiest, cleanest)
+    uniform = schedule.sampling_logsnrs(steps, spacing="logsnr").double()
+    assert uniform.shape == (steps + 1,) and uniform[-1] == math.inf
+    np.testing.assert_allclose(uniform[:-1].numpy(), np.linspace(*ends.numpy(), steps), rtol=1e-6, atol=1e-5)
+    karras = schedule.sampling_logsnrs(steps, spacing="karras").double()
+    assert karras.shape == (steps + 1,) and karras[-1] == math.inf and bool((karras[1:] > karras[:-1]).all())
+    # Karras et al. eq. 5 written out in sigma / alpha = exp(-logSNR / 2), rho = 7
+    s_max, s_min = np.exp(-ends.numpy() / 2)
+    i = np.arange(steps)
+    ref = (s_max ** (1 / 7) + i / (steps - 1) * (s_min ** (1 / 7) - s_max ** (1 / 7))) ** 7
+    np.testing.assert_allclose(np.exp(-karras[:-1].numpy() / 2), ref, rtol=1e-5)
+
+
+def test_karras_spacing_tends_to_uniform_logsnr_as_rho_grows():
+    lam = lambda t: linear_logsnr(t, -8.0, 6.0)  # noqa: E731
+    torch.testing.assert_close(sampling_grid(lam, 5, "karras", rho=1e5), sampling_grid(lam, 5, "logsnr"),
+                               atol=1e-3, rtol=0)
+
+
+def test_spacing_validation():
+    with pytest.raises(ValueError, match="spacing"):
+        CosineSchedule().sampling_logsnrs(4, spacing="cosine")
+    with pytest.raises(ValueError, match="steps"):
+        CosineSchedule().sampling_logsnrs(0, spacing="karras")
+    assert SPACINGS == ("time", "logsnr", "karras")
+    for spacing in SPACINGS:  # one step: straight from the noisiest level to a clean sample
+        lam = RectifiedFlowSchedule().sampling_logsnrs(1, spacing=spacing)
+        assert lam.tolist() == [pytest.approx(-20.0), math.inf]
 
 
 # ---- rectified flow -------------------------------------------------------------------------------
