@@ -19,8 +19,17 @@ from latentvid.diffusion.parameterization import (
     x0_from_flow,
     x0_from_v,
 )
-from latentvid.diffusion.samplers import SAMPLERS, sample_ancestral, sample_ddim
+from latentvid.diffusion.samplers import (
+    HEUN_VARIABLES,
+    SAMPLERS,
+    run_sampler,
+    sample_ancestral,
+    sample_ddim,
+    sample_dpmpp_2m,
+    sample_heun,
+)
 from latentvid.diffusion.schedule import (
+    SPACINGS,
     CosineSchedule,
     AlphaSigma,
     LinearLogSNRSchedule,
@@ -34,6 +43,7 @@ from latentvid.diffusion.schedule import (
     rf_alpha_sigma,
     rf_logsnr,
     rf_t_from_logsnr,
+    sampling_grid,
     time_grid,
     token_shift,
 )

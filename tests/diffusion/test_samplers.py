@@ -1,5 +1,6 @@
 """Samplers against exact references: the closed-form denoiser of Gaussian data on both process
-families (variance preserving and rectified flow), diffusers' DDIM, and Euler on the flow ODE."""
+families (variance preserving and rectified flow) and the exact probability-flow map it implies,
+diffusers' DDIM, DPM-Solver++ and Heun schedulers, and Euler on the flow ODE."""
 
 import math
 
@@ -7,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from latentvid.diffusion.samplers import sample_ancestral, sample_ddim
+from latentvid.diffusion.samplers import (
+    SAMPLERS,
+    run_sampler,
+    sample_ancestral,
+    sample_ddim,
+    sample_dpmpp_2m,
+    sample_heun,
+)
 from latentvid.diffusion.schedule import (
     CosineSchedule,
     RectifiedFlowSchedule,
@@ -40,6 +48,9 @@ def gaussian_denoiser(mu: float, std: float, process=alpha_sigma):
         ("ancestral", lambda d, z, lam, g, p: sample_ancestral(d, z, lam, generator=g, alpha_sigma=p)),
         ("ancestral_gamma", lambda d, z, lam, g, p: sample_ancestral(d, z, lam, gamma=0.3, generator=g,
                                                                      alpha_sigma=p)),
+        ("dpmpp_2m", lambda d, z, lam, g, p: sample_dpmpp_2m(d, z, lam, alpha_sigma=p)),
+        ("heun", lambda d, z, lam, g, p: sample_heun(d, z, lam, alpha_sigma=p)),
+        ("heun_edm", lambda d, z, lam, g, p: sample_heun(d, z, lam, variable="edm", alpha_sigma=p)),
     ],
 )
 @pytest.mark.parametrize("family", ["vp", "rf"])
@@ -222,3 +233,237 @@ def test_deterministic_given_generator():
     b = sample_ancestral(d, z, lam, generator=torch.Generator().manual_seed(5))
     c = sample_ancestral(d, z, lam, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ---- second-order ODE solvers: DPM-Solver++(2M) and Heun -------------------------------------------
+
+
+def exact_flow_map(mu: float, std: float, z: torch.Tensor, logsnr: float, process=alpha_sigma) -> torch.Tensor:
+    """Where the probability-flow ODE takes z at ``logsnr`` when x0 ~ N(mu, std^2) elementwise.
+
+    The marginal at logSNR is N(alpha mu, alpha^2 std^2 + sigma^2) and the flow of a 1-D Gaussian is
+    the monotone affine map between marginals, so at logSNR = +inf, x = mu + std (z - alpha mu) / sd.
+    """
+    a, s = process(torch.tensor(logsnr, dtype=torch.float64))
+    return mu + std * (z - a * mu) / (a**2 * std**2 + s**2).sqrt()
+
+
+ODE_SOLVERS = {
+    "dpmpp_2m": sample_dpmpp_2m,
+    "heun": sample_heun,
+    "heun_edm": lambda *args, **kw: sample_heun(*args, variable="edm", **kw),
+}
+
+
+def flow_map_error(solver, schedule, steps: int, spacing: str, z: torch.Tensor) -> float:
+    lam = schedule.sampling_logsnrs(steps, spacing=spacing).double()
+    x = solver(gaussian_denoiser(MU, STD, schedule.alpha_sigma), z.clone(), lam, alpha_sigma=schedule.alpha_sigma)
+    return (x - exact_flow_map(MU, STD, z, float(lam[0]), schedule.alpha_sigma)).abs().max().item()
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+@pytest.mark.parametrize("family", ["vp", "rf"])
+@pytest.mark.parametrize("name", [*ODE_SOLVERS, "ddim"])
+def test_ode_solvers_converge_to_the_exact_flow_map_at_their_order(name, family, spacing):
+    # the error of every sample against the exact ODE solution, at 40, 80 and 160 steps: halving the
+    # step must divide it by about 4 (second order) for the new solvers and by about 2 for DDIM (Euler)
+    schedule = CosineSchedule() if family == "vp" else RectifiedFlowSchedule(shift=2.0)
+    solver = ODE_SOLVERS.get(name, sample_ddim)
+    z = torch.randn(500, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    errors = [flow_map_error(solver, schedule, n, spacing, z) for n in (40, 80, 160)]
+    orders = [math.log2(a / b) for a, b in zip(errors[:-1], errors[1:])]
+    low, high = (0.8, 1.2) if name == "ddim" else (1.8, 2.5)
+    assert all(low < o < high for o in orders), f"{name}/{family}/{spacing}: errors {errors}, orders {orders}"
+    if name != "ddim":
+        assert errors[-1] < 0.01
+
+
+@pytest.mark.parametrize("family", ["vp", "rf"])
+@pytest.mark.parametrize("name", list(ODE_SOLVERS))
+def test_ode_solvers_beat_ddim_on_the_default_grid(name, family):
+    # the uniform-t grid takes large logSNR steps at both ends, so the observed order wanders before
+    # 160 steps; the error must still fall with the steps and stay well below DDIM's
+    schedule = CosineSchedule() if family == "vp" else RectifiedFlowSchedule(shift=2.0)
+    z = torch.randn(500, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = [flow_map_error(ODE_SOLVERS[name], schedule, n, "time", z) for n in (20, 80)]
+    ddim = [flow_map_error(sample_ddim, schedule, n, "time", z) for n in (20, 80)]
+    assert ours[1] < ours[0] and ours[1] < ddim[1] / 3, f"{name}/{family}: {ours} vs DDIM {ddim}"
+
+
+def test_heun_in_the_flow_variable_survives_the_noisiest_step():
+    # why "flow" is the default: at logSNR = -20, sigma / alpha = 2e4, and 10 uniform-t steps of the
+    # edm variable miss badly where the bounded flow time does not (numbers quoted in sample_heun)
+    z = torch.randn(500, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    flow = flow_map_error(sample_heun, CosineSchedule(), 10, "time", z)
+    edm = flow_map_error(ODE_SOLVERS["heun_edm"], CosineSchedule(), 10, "time", z)
+    assert flow < 0.15 < 1.0 < edm
+
+
+def analytic_denoiser(z: torch.Tensor, logsnr: torch.Tensor) -> torch.Tensor:
+    """A fixed nonlinear x0_hat(z, logSNR) (not a real denoiser): any function must give the same trajectory."""
+    w = torch.sigmoid(logsnr.to(torch.float64) / 4).reshape(-1, *([1] * (z.ndim - 1)))
+    return 0.6 * torch.tanh(1.5 * z) + w * (0.3 * z - 0.2 * z**2 / (1 + z**2)) + 0.1
+
+
+def run_diffusers(sched, z: torch.Tensor, output) -> list[torch.Tensor]:
+    """Step a diffusers scheduler from z, calling the model at the noise level of each call
+    (``sched.sigmas[k]`` for the k-th call: DPM-Solver's one per step, Heun's interleaved pair);
+    ``output(z, sigma)`` is the model output. Returns the sample after every step call."""
+    out = []
+    for k, t in enumerate(sched.timesteps):
+        z = sched.step(output(z, sched.sigmas[k].double()), t, z).prev_sample
+        out.append(z.clone())
+    return out
+
+
+def vp_model_output(prediction_type: str):
+    """eps or v of ``analytic_denoiser`` for diffusers' VP schedulers, at sigma_d = sigma / alpha."""
+
+    def output(z, sigma_d):
+        lam = -2.0 * torch.log(sigma_d)
+        a, s = alpha_sigma(lam)
+        x0 = analytic_denoiser(z.double(), lam.expand(z.shape[0]))
+        eps = (z - a * x0) / s
+        return (eps if prediction_type == "epsilon" else a * eps - s * x0).float()
+
+    return output
+
+
+@pytest.mark.parametrize("karras", [False, True], ids=["linspace", "karras"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_dpmpp_2m_matches_diffusers_dpm_solver_multistep(prediction_type, karras):
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                        beta_end=0.012, algorithm_type="dpmsolver++", solver_order=2,
+                                        prediction_type=prediction_type, use_karras_sigmas=karras)
+    sched.set_timesteps(20)
+    # the same alphas / sigmas at the same points: logSNR = -2 log(sigma / alpha) of diffusers' sigmas,
+    # the last sigma 0 being logSNR = +inf
+    lam = -2.0 * torch.log(sched.sigmas.double())
+    assert lam[-1] == math.inf and len(lam) == 21
+    z0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(3))
+    ours = []
+    sample_dpmpp_2m(analytic_denoiser, z0.double(), lam, callback=lambda i, z, x0: ours.append(z.clone()))
+    theirs = run_diffusers(sched, z0.clone(), vp_model_output(prediction_type))
+    assert len(ours) == len(theirs) == 20
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a.float(), b, atol=1e-5, rtol=1e-5, msg=f"step {i}")  # diffusers: float32
+
+
+def test_dpmpp_2m_matches_diffusers_on_the_flow():
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2,
+                                        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    sched.set_timesteps(16)
+    t = sched.sigmas.double()  # flow times, ending at 0
+    lam = 2.0 * (torch.log1p(-t) - torch.log(t))
+
+    def velocity(z, t_k):  # eps_hat - x0_hat = (z - x0_hat) / t
+        x0 = analytic_denoiser(z.double(), (2.0 * (torch.log1p(-t_k) - torch.log(t_k))).expand(z.shape[0]))
+        return ((z - x0) / t_k).float()
+
+    z0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(4))
+    ours = []
+    sample_dpmpp_2m(analytic_denoiser, z0.double(), lam, alpha_sigma=rf_alpha_sigma,
+                    callback=lambda i, z, x0: ours.append(z.clone()))
+    theirs = run_diffusers(sched, z0.clone(), velocity)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a.float(), b, atol=1e-5, rtol=1e-5, msg=f"step {i}")
+
+
+def test_heun_edm_matches_diffusers_heun_discrete():
+    from diffusers import HeunDiscreteScheduler
+
+    sched = HeunDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                  beta_end=0.012, prediction_type="epsilon", use_karras_sigmas=True)
+    sched.set_timesteps(12)
+    sigmas = sched.sigmas.double()
+    lam = -2.0 * torch.log(torch.cat([sigmas[:1], sigmas[1::2]]))  # the 13 distinct levels, the last +inf
+    assert len(lam) == 13 and lam[-1] == math.inf
+    # diffusers integrates x / alpha (variance exploding), ours z itself: z = alpha * (diffusers' sample)
+    a0 = alpha_sigma(lam[0])[0]
+    z0 = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    ours = []
+    sample_heun(analytic_denoiser, z0, lam, variable="edm", callback=lambda i, z, x0: ours.append(z.clone()))
+    output = vp_model_output("epsilon")
+    theirs = run_diffusers(sched, (z0 / a0).float(), lambda x, s: output((x.double() / (1 + s**2).sqrt()), s))
+    theirs = [*theirs[1::2], theirs[-1]]  # after each full step (an Euler call, then its correction), the last Euler
+    assert len(ours) == len(theirs) == 12
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        x = a / alpha_sigma(lam[i + 1])[0] if i < 11 else a
+        torch.testing.assert_close(x.float(), b, atol=1e-5 * float(b.abs().max()), rtol=1e-5, msg=f"step {i}")
+
+
+def test_heun_flow_matches_diffusers_flow_match_heun():
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    sched = FlowMatchHeunDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    sched.set_timesteps(10)
+    sigmas = sched.sigmas.double()
+    t = torch.cat([sigmas[:1], sigmas[1::2]])  # flow times from 1 (logSNR = -inf) to 0 (+inf)
+    lam = 2.0 * (torch.log1p(-t) - torch.log(t))
+    assert lam[0] == -math.inf and lam[-1] == math.inf
+
+    def velocity(z, t_k):
+        x0 = analytic_denoiser(z.double(), (2.0 * (torch.log1p(-t_k) - torch.log(t_k))).expand(z.shape[0]))
+        return ((z - x0) / t_k).float()
+
+    z0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(6))
+    ours = []
+    sample_heun(analytic_denoiser, z0.double(), lam, alpha_sigma=rf_alpha_sigma,
+                callback=lambda i, z, x0: ours.append(z.clone()))
+    theirs = run_diffusers(sched, z0.clone(), velocity)
+    theirs = [*theirs[1::2], theirs[-1]]
+    assert len(ours) == len(theirs) == 10
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a.float(), b, atol=1e-5, rtol=1e-5, msg=f"step {i}")
+
+
+def test_solver_steps_reduce_to_ddim_where_they_must():
+    # the first DPM-Solver++ step (no history) and the last step of both (to logSNR = +inf) are DDIM's;
+    # one step straight to +inf is therefore DDIM for all three, and returns the clean estimate
+    z = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    d = gaussian_denoiser(MU, STD)
+    for lam in (torch.tensor([-1.0, 2.0], dtype=torch.float64), torch.tensor([-1.0, math.inf], dtype=torch.float64)):
+        ddim = sample_ddim(d, z, lam)
+        torch.testing.assert_close(sample_dpmpp_2m(d, z, lam), ddim, atol=1e-12, rtol=0)
+        if lam[-1] == math.inf:
+            torch.testing.assert_close(sample_heun(d, z, lam), ddim, atol=1e-12, rtol=0)
+            torch.testing.assert_close(ddim, d(z, lam[:1].expand(6)), atol=1e-12, rtol=0)
+
+
+def test_network_evaluations_per_sampler():
+    calls = {}
+    for name in SAMPLERS:
+        count = [0]
+
+        def d(z, lam, count=count):
+            count[0] += 1
+            return 0.5 * z
+
+        run_sampler(name, d, torch.zeros(2, 1), CosineSchedule().sampling_logsnrs(7),
+                    generator=torch.Generator().manual_seed(0))
+        calls[name] = count[0]
+    assert calls == {"ddim": 7, "ancestral": 7, "dpmpp_2m": 7, "heun": 13}
+
+
+def test_run_sampler_dispatches_by_name():
+    z = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    lam = RectifiedFlowSchedule().sampling_logsnrs(6).double()
+    d = gaussian_denoiser(MU, STD, rf_alpha_sigma)
+    for name, fn in SAMPLERS.items():
+        expected = fn(d, z, lam, generator=torch.Generator().manual_seed(1), alpha_sigma=rf_alpha_sigma)
+        got = run_sampler(name, d, z, lam, generator=torch.Generator().manual_seed(1), alpha_sigma=rf_alpha_sigma)
+        assert torch.equal(got, expected), name
+    eta = run_sampler("ddim", d, z, lam, eta=1.0, generator=torch.Generator().manual_seed(1),
+                      alpha_sigma=rf_alpha_sigma)
+    assert torch.equal(eta, sample_ddim(d, z, lam, eta=1.0, generator=torch.Generator().manual_seed(1),
+                                        alpha_sigma=rf_alpha_sigma))
+    with pytest.raises(ValueError, match="dpmpp_2m"):
+        run_sampler("dpm++", d, z, lam)
+    with pytest.raises(ValueError, match="variable"):
+        sample_heun(d, z, lam, variable="karras")
+    with pytest.raises(ValueError, match="finite"):
+        sample_heun(d, z, torch.tensor([-math.inf, 0.0, math.inf]), variable="edm")
