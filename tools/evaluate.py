@@ -28,7 +28,9 @@ fvd = Frechet Video Distance to --real (I3D weights: --i3d or --i3d-torchscript)
 frames of per-frame PSNR (dB) / SSIM on [0, 1] RGB (torchmetrics: SSIM with an 11-tap Gaussian,
 sigma 1.5, reflect-padded borders included). Prints a table (metric, value, n) and writes
 --out (JSON: metrics, arguments, seeds, checkpoint, per-video and per-caption probe results).
-Sample batch j uses seed --seed + j, so the same arguments give the same numbers.
+Video k uses seed --seed + k whatever --batch-size (each video has its own generator), so the same
+arguments give the same numbers and video k is the one tools/sample.py writes for its caption with
+that seed; --batch-size only trades memory for speed.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--height", metavar="PX", type=int, help="height in pixels (default: the training size)")
     add("--width", metavar="PX", type=int, help="width in pixels (default: the training size)")
     add("--batch-size", metavar="N", type=int, default=1,
-        help="captions per sample() call (default 1: per-video seeds, as tools/sample.py)")
+        help="videos sampled together (default 1); the videos do not depend on it (per-video seeds)")
     add("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     add("--save-videos", metavar="DIR", help="also write the samples (and a captions.jsonl) to this folder")
     sr = p.add_argument_group("super-resolution (with --sr-ckpt; also --steps, --sampler, --eta, --guidance, "
@@ -86,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="conditioning-augmentation level s in [0, 1] (default: the model's sample_level)")
     sr.add_argument("--limit", metavar="N", type=int, help="score only the first N --real clips")
     p.add_argument("--seed", metavar="N", type=int, default=0,
-                   help="sample batch j uses seed + j; also seeds a random-init I3D (default 0)")
+                   help="video k uses seed + k (SR clip batch j: seed + j); also seeds a random-init I3D (default 0)")
     p.add_argument("--real", metavar="DIR_OR_JSONL",
                    help="real videos: a folder of mp4s or a JSONL index with 'path' entries "
                         "(e.g. data/shapes/heldout.jsonl); needed by fvd, psnr, ssim")

@@ -10,7 +10,8 @@ Every sampler is ``sample_x(denoise, z, logsnrs, ..., generator=None, progress=F
   ``sampling_logsnrs(steps, spacing=...)`` (uniform t, uniform logSNR or Karras et al.'s rho = 7
   grid: :func:`~latentvid.diffusion.schedule.sampling_grid`), or from any discrete model's alphas.
 - ``z`` (B, ...): the starting noise at logsnrs[0], usually ``torch.randn``.
-- ``generator``: the source of fresh noise (ancestral / eta > 0), on z's device.
+- ``generator``: the source of fresh noise (ancestral / eta > 0), on z's device; or a sequence of B
+  generators, one per sample, so that a sample draws the same noise in any batch.
 - ``alpha_sigma``: the process family, logSNR -> (alpha, sigma): the schedule's ``alpha_sigma``
   (variance preserving by default; :func:`~latentvid.diffusion.schedule.rf_alpha_sigma` for
   rectified flow). The updates are written for any (alpha, sigma), so z stays in the model's own
@@ -25,7 +26,7 @@ accuracy in far fewer steps. :func:`run_sampler` calls one by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -36,6 +37,8 @@ from latentvid.diffusion.schedule import alpha_sigma as vp_alpha_sigma
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, Tensor, Tensor], None]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for the batch, one per sample, or None (the global RNG)."""
 
 
 def _steps(logsnrs: Tensor, progress: bool, desc: str):
@@ -46,8 +49,14 @@ def _steps(logsnrs: Tensor, progress: bool, desc: str):
     return tqdm(range(len(logsnrs) - 1), desc=desc, disable=not progress, leave=False)
 
 
-def _noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+def _noise(z: Tensor, generator: Generators) -> Tensor:
+    """Standard normal noise shaped like z (B, ...), from one generator or from B (row i from the i-th)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    if len(generator) != z.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {z.shape[0]}")
+    # each row is what its generator would draw for a batch of one
+    return torch.cat([torch.randn((1, *z.shape[1:]), generator=g, device=z.device, dtype=z.dtype) for g in generator])
 
 
 @torch.no_grad()
@@ -56,7 +65,7 @@ def sample_ddim(
     z: Tensor,
     logsnrs: Tensor,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
     callback: Callback | None = None,
     alpha_sigma: AlphaSigma = vp_alpha_sigma,
@@ -95,7 +104,7 @@ def sample_ancestral(
     z: Tensor,
     logsnrs: Tensor,
     gamma: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
     callback: Callback | None = None,
     alpha_sigma: AlphaSigma = vp_alpha_sigma,
@@ -135,7 +144,7 @@ def sample_dpmpp_2m(
     denoise: Denoiser,
     z: Tensor,
     logsnrs: Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
     callback: Callback | None = None,
     alpha_sigma: AlphaSigma = vp_alpha_sigma,
@@ -185,7 +194,7 @@ def sample_heun(
     z: Tensor,
     logsnrs: Tensor,
     variable: str = "flow",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
     callback: Callback | None = None,
     alpha_sigma: AlphaSigma = vp_alpha_sigma,
@@ -263,7 +272,7 @@ def run_sampler(
     z: Tensor,
     logsnrs: Tensor,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
     callback: Callback | None = None,
     alpha_sigma: AlphaSigma = vp_alpha_sigma,

@@ -42,12 +42,12 @@ class EvalOptions:
     frames: int | None = None  # None: the training clip length
     height: int | None = None  # None: the training size
     width: int | None = None
-    batch_size: int = 1  # captions per sample() call
+    batch_size: int = 1  # videos sampled together; the videos do not depend on it
     no_ema: bool = False
     save_videos: str | None = None  # also write the samples (and a captions.jsonl) here
     aug_level: float | None = None  # SR conditioning-augmentation level; None: the model's
     limit: int | None = None  # score only the first N `real` clips (SR / VAE)
-    seed: int = 0  # sample batch j uses seed + j; also seeds a random-init I3D
+    seed: int = 0  # video k uses seed + k (SR clip batch j: seed + j); also seeds a random-init I3D
     real: str | None = None  # folder of mp4s or a JSONL index
     metrics: str = "probe"  # comma-separated subset of METRICS
     i3d: str | None = None

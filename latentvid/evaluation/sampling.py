@@ -1,12 +1,15 @@
-"""Sampling videos from a trained checkpoint, seeded per batch, and writing them as mp4 files.
+"""Sampling videos from a trained checkpoint, seeded per video, and writing them as mp4 files.
 
-Videos are (B, 3, T, H, W) in [-1, 1]. Batch ``j`` of a plan is sampled with seed ``seed + j``
-(:func:`latentvid.callbacks.metrics.sample_plan`), so the same arguments give the same videos.
+Videos are (B, 3, T, H, W) in [-1, 1]. Video ``k`` of a run is sampled with seed ``seed + k`` from
+its own generators (:func:`sample_seeded`), so the same arguments give the same videos and the
+batch size changes only the speed: video k is the one ``model.sample`` gives for its caption alone
+with seed ``seed + k`` (as tools/sample.py writes it), up to float rounding in batched kernels.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +35,50 @@ def clip_shape(ckpt: dict[str, Any], frames: int | None = None, height: int | No
     return int(frames), int(height), int(width)
 
 
+def sample_seeded(
+    model: LatentDiffusion,
+    captions: list[str],
+    shape: tuple[int, int, int],
+    seeds: list[int],
+    fps: float = 8.0,
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance: float | None = None,
+    eta: float = 0.0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Videos (B, 3, T, H, W) in [-1, 1] for B ``captions`` in one batched run, video i from seed ``seeds[i]``.
+
+    ``model.sample`` draws a batch's noise from one generator, so its videos depend on the batch they
+    share. Here each video gets its own generator (starting noise and any fresh sampler noise), which
+    makes video i equal to ``model.sample([captions[i]], *shape, generator=Generator().manual_seed(seeds[i]))``
+    whatever else is in the batch. ``shape`` is (frames, height, width) in pixels; ``steps``,
+    ``sampler``, ``guidance``: None keeps the model's own. The steps are ``LatentDiffusion.sample``'s.
+    """
+    import torch
+
+    if len(seeds) != len(captions):
+        raise ValueError(f"{len(seeds)} seeds for {len(captions)} captions")
+    steps = steps or model.hparams.sample_steps
+    sampler = sampler or model.hparams.sampler
+    scale = model.hparams.guidance_scale if guidance is None else guidance
+    frames, height, width = shape
+    fs = model.first_stage
+    if height % fs.spatial_factor or width % fs.spatial_factor:
+        raise ValueError(f"height/width {height}x{width} must be multiples of the first stage's "
+                         f"spatial factor {fs.spatial_factor}")
+    latent = (1, fs.latent_channels, fs.latent_frames(frames), height // fs.spatial_factor, width // fs.spatial_factor)
+    generators = [torch.Generator(device=model.device).manual_seed(int(s)) for s in seeds]
+    # each generator's first draw is its video's starting noise, as model.sample draws it for a batch of one
+    z = torch.cat([torch.randn(latent, generator=g, device=model.device) for g in generators])  # (B, C, t, h, w)
+    denoise = model.guided_denoiser(list(captions), fps, scale)
+    z = model.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generators, progress=progress)
+    video = fs.decode(z)
+    if not math.isfinite(float(video.abs().max())):
+        raise FloatingPointError("sampling produced non-finite values")
+    return video.clamp(-1.0, 1.0)
+
+
 def sample_batches(
     model: LatentDiffusion,
     captions: list[str],
@@ -47,38 +94,36 @@ def sample_batches(
     save_videos: str | Path | None = None,
 ) -> Iterator[Batch]:
     """Sample ``num_per_prompt`` videos per caption in batches of ``batch_size`` (caption-major
-    order); batch j uses seed ``seed + j``. Yields videos (B, 3, T, H, W) in [-1, 1], named
-    ``NN_<caption>.mp4``; with ``save_videos`` they are also written there with a ``captions.jsonl``.
-    ``steps``, ``sampler``, ``guidance``: None keeps the model's own."""
-    import torch
+    order); video k uses seed ``seed + k`` whatever the batch size (:func:`sample_seeded`). Yields
+    videos (B, 3, T, H, W) in [-1, 1], named ``NN_<caption>.mp4``; with ``save_videos`` they are also
+    written there with a ``captions.jsonl``. ``steps``, ``sampler``, ``guidance``: None keeps the model's own."""
     from tqdm import tqdm
 
-    from latentvid.callbacks.metrics import sample_plan
     from latentvid.data.video import to_uint8, write_video
     from latentvid.data.video_log import slug
 
-    plan = sample_plan(captions, num_per_prompt, batch_size, seed)
-    total = len(captions) * num_per_prompt
-    width = max(2, len(str(total - 1)))
+    if num_per_prompt < 1 or batch_size < 1:
+        raise ValueError(f"num_per_prompt and batch_size must be >= 1, got {num_per_prompt}, {batch_size}")
+    items = [c for c in captions for _ in range(num_per_prompt)]  # caption-major; item k has seed + k
+    width = max(2, len(str(len(items) - 1)))
     out = Path(save_videos) if save_videos else None
     index_rows = []
-    k = 0
-    for batch_seed, batch_captions in tqdm(plan, desc="sampling", unit="batch"):
-        g = torch.Generator(device=model.device).manual_seed(batch_seed)
-        videos = model.sample(batch_captions, *shape, fps=fps, steps=steps, sampler=sampler,
-                              guidance_scale=guidance, eta=eta, generator=g)  # (B, 3, T, H, W)
+    for start in tqdm(range(0, len(items), batch_size), desc="sampling", unit="batch"):
+        batch_captions = items[start : start + batch_size]
+        seeds = [seed + k for k in range(start, start + len(batch_captions))]
+        videos = sample_seeded(model, batch_captions, shape, seeds, fps=fps, steps=steps, sampler=sampler,
+                               guidance=guidance, eta=eta)  # (B, 3, T, H, W)
         names, paths = [], []
-        for video, caption in zip(videos, batch_captions):
+        for k, video, caption, video_seed in zip(range(start, start + len(seeds)), videos, batch_captions, seeds):
             name = f"{k:0{width}d}_{slug(caption)}.mp4"
             path = None
             if out is not None:
                 path = out / name
                 write_video(path, to_uint8(video.float().cpu()), fps=fps)
-                index_rows.append({"path": name, "caption": caption, "seed": batch_seed})
+                index_rows.append({"path": name, "caption": caption, "seed": video_seed})
             names.append(name)
             paths.append(path)
-            k += 1
-        yield Batch(videos, list(batch_captions), names, paths, [batch_seed] * len(batch_captions))
+        yield Batch(videos, list(batch_captions), names, paths, seeds)
     if out is not None:  # lets `--generated DIR` re-score exactly these captions
         (out / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in index_rows), encoding="utf-8")
 

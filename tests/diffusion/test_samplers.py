@@ -467,3 +467,23 @@ def test_run_sampler_dispatches_by_name():
         sample_heun(d, z, lam, variable="karras")
     with pytest.raises(ValueError, match="finite"):
         sample_heun(d, z, torch.tensor([-math.inf, 0.0, math.inf]), variable="edm")
+
+
+@pytest.mark.parametrize("name", ["ddim_eta", "ancestral"])
+def test_one_generator_per_sample_makes_samples_independent_of_the_batch(name):
+    # sample i of a batch, with generators seeded s_i, is what sampling it alone with seed s_i gives
+    def run(z, generator):
+        lam = CosineSchedule().sampling_logsnrs(6)
+        if name == "ddim_eta":
+            return sample_ddim(gaussian_denoiser(MU, STD), z, lam, eta=1.0, generator=generator)
+        return sample_ancestral(gaussian_denoiser(MU, STD), z, lam, generator=generator)
+
+    seeds = [11, 12, 13]
+    z = torch.randn(3, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    batch = run(z, [torch.Generator().manual_seed(s) for s in seeds])
+    alone = torch.cat([run(z[i : i + 1], torch.Generator().manual_seed(s)) for i, s in enumerate(seeds)])
+    torch.testing.assert_close(batch, alone, atol=1e-12, rtol=0)
+    shared = run(z, torch.Generator().manual_seed(11))  # one generator for the batch: other noise
+    assert not torch.allclose(shared[1:], alone[1:])
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        run(z, [torch.Generator(), torch.Generator()])
