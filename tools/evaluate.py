@@ -43,7 +43,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from latentvid.evaluation.options import METRICS, EvalOptions, parse_metric_names  # noqa: E402  (light: no torch)
+from latentvid.evaluation.options import (  # noqa: E402  (light: no torch)
+    METRICS,
+    SAMPLER_NAMES,
+    EvalOptions,
+    parse_metric_names,
+)
 
 DEBUG_ENV = "LATENTVID_DEBUG"
 
@@ -72,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--num-per-prompt", metavar="N", type=int, default=1, help="videos per caption (default 1)")
     add("--steps", metavar="N", type=int, help="sampler steps (default: the model's sample_steps)")
     add("--guidance", metavar="W", type=float, help="classifier-free guidance scale (default: the model's)")
-    add("--sampler", choices=["ddim", "ancestral"], help="sampler (default: the model's)")
+    add("--sampler", choices=SAMPLER_NAMES,
+        help="sampler (default: the model's); dpmpp_2m and heun are second-order ODE solvers for few steps")
     add("--eta", metavar="ETA", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     add("--fps", metavar="FPS", type=float, default=8.0, help="frame rate to condition on and to write (default 8)")
     add("--frames", metavar="N", type=int, help="frames per video (default: the training clip length)")

@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from latentvid.evaluation.options import SAMPLER_NAMES  # light: no torch
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint written by tools/fit.py (e.g. .../checkpoints/last.ckpt)")
@@ -36,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fps", type=float,
                    help="frame rate to condition on and to write (default 8; with --cascade: the YAML's base fps)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the model's sample_steps)")
-    p.add_argument("--sampler", choices=["ddim", "ancestral"], help="sampler (default: the model's)")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES,
+                   help="sampler (default: the model's); dpmpp_2m and heun are second-order ODE solvers for few steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--eta", type=float, help="DDIM eta (default 0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="random seed; caption i uses seed + i")

@@ -59,6 +59,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchmetrics import Metric
 
+from latentvid.diffusion.samplers import SAMPLERS
 from latentvid.metrics.fvd import FrechetVideoDistance
 
 __all__ = ["SampleMetrics", "sample_plan", "flatten_result", "read_prompts"]
@@ -148,7 +149,7 @@ class SampleMetrics(Callback):
         width: sample width in pixels; None = the validation clips' W.
         fps: frame rate the model is conditioned on.
         steps: sampler steps (None = the model's default).
-        sampler: ``"ddim"`` or ``"ancestral"`` (None = the model's default).
+        sampler: a name in :data:`~latentvid.diffusion.samplers.SAMPLERS` (None = the model's default).
         guidance_scale: classifier-free guidance weight (None = the model's default).
         every_n_validations: score at validation runs 0, n, 2n, ... (sanity checks not counted).
         seed: batch ``j`` of samples uses seed ``seed + j`` (see :func:`sample_plan`).
@@ -183,6 +184,8 @@ class SampleMetrics(Callback):
                 f"SampleMetrics: every_n_validations, num_per_caption and batch_size must be >= 1, got "
                 f"{every_n_validations}, {num_per_caption}, {batch_size}"
             )
+        if sampler is not None and sampler not in SAMPLERS:
+            raise ValueError(f"SampleMetrics: unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
         # A plain dict, not an nn.ModuleDict on the LightningModule: nothing reaches checkpoints.
         self.metrics = dict(metrics)
         self.captions = captions

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from latentvid.data.video import to_uint8
 from latentvid.data.video_log import save_and_log_video, slug
+from latentvid.diffusion.samplers import SAMPLERS
 from latentvid.metrics.shapes import ShapesProbe, parse_caption
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ class LogSampleVideos(Callback):
     Args:
         captions: what to sample; ``None`` reads ``eval_prompts.txt`` from the datamodule's root if it has one.
         num_frames, height, width, fps: the video to generate (pixels; latent sizes follow from the first stage).
-        steps, sampler, guidance_scale: sampler settings (``None`` -> the model's defaults).
+        steps, sampler, guidance_scale: sampler settings (``None`` -> the model's defaults); ``sampler``
+            is a name in :data:`~latentvid.diffusion.samplers.SAMPLERS` (ddim, ancestral, dpmpp_2m, heun).
         every_n_validations: sample at every n-th validation run.
         seed: base seed; caption i always uses seed + i, so samples are comparable across runs.
         max_captions: at most this many captions per run.
@@ -47,6 +49,8 @@ class LogSampleVideos(Callback):
         max_captions: int = 8,
         shapes_probe: bool = True,
     ) -> None:
+        if sampler is not None and sampler not in SAMPLERS:  # fail at config time, not at the first validation
+            raise ValueError(f"LogSampleVideos: unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
         self.captions = captions
         self.num_frames, self.height, self.width, self.fps = num_frames, height, width, fps
         self.steps, self.sampler, self.guidance_scale = steps, sampler, guidance_scale

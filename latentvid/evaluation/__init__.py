@@ -10,11 +10,11 @@
 from latentvid.evaluation.inputs import EvalError
 from latentvid.evaluation.options import EvalOptions
 from latentvid.evaluation.report import format_table, write_report
-from latentvid.evaluation.sampling import clip_shape, sample_batches, sample_videos, write_samples
+from latentvid.evaluation.sampling import clip_shape, sample_batches, sample_seeded, sample_videos, write_samples
 from latentvid.evaluation.scoring import evaluate, probe_scores
 
 __all__ = ["EvalError", "EvalOptions", "clip_shape", "evaluate", "format_table", "load_model", "probe_scores",
-           "sample_batches", "sample_videos", "write_report", "write_samples"]
+           "sample_batches", "sample_seeded", "sample_videos", "write_report", "write_samples"]
 
 
 def __getattr__(name: str):

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 METRICS = ("probe", "fvd", "clip", "psnr", "ssim")
+SAMPLER_NAMES = ("ddim", "ancestral", "dpmpp_2m", "heun")
+"""The keys of :data:`latentvid.diffusion.samplers.SAMPLERS`, without importing torch (the tools'
+--help stays quick); tests/evaluation/test_options.py keeps the two equal."""
 
 
 def parse_metric_names(text: str) -> list[str]:
@@ -36,7 +39,7 @@ class EvalOptions:
     num_per_prompt: int = 1
     steps: int | None = None  # None: the model's sample_steps
     guidance: float | None = None  # None: the model's guidance scale
-    sampler: str | None = None  # "ddim" | "ancestral"; None: the model's
+    sampler: str | None = None  # one of SAMPLER_NAMES; None: the model's
     eta: float = 0.0
     fps: float = 8.0
     frames: int | None = None  # None: the training clip length

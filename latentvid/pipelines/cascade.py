@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from latentvid.data.video import to_uint8, write_video
 from latentvid.data.video_log import slug
+from latentvid.diffusion.samplers import SAMPLERS
 from latentvid.models.latent_diffusion import LatentDiffusion
 from latentvid.models.super_resolution import SuperResolutionDiffusion
 from latentvid.pipelines.loading import load_model
@@ -147,6 +148,9 @@ def parse_config(raw: dict, source: str = "cascade config") -> CascadeConfig:
     if not isinstance(stages_raw, list):
         raise ValueError(f"{source}: 'stages' must be a list, got {type(stages_raw).__name__}")
     stages = [_build(SRStage, s, f"{source}: stages[{i}]") for i, s in enumerate(stages_raw)]
+    for where, stage in [("base", base), *((f"stages[{i}]", s) for i, s in enumerate(stages))]:
+        if stage.sampler is not None and stage.sampler not in SAMPLERS:
+            raise ValueError(f"{source}: {where}.sampler {stage.sampler!r} is not one of {sorted(SAMPLERS)}")
     for i, stage in enumerate(stages):
         stage.name = stage.name or f"stage{i}"
         if stage.input_size is not None and len(stage.input_size) != 2:

@@ -97,6 +97,9 @@ def test_constructor_rejects_bad_metrics(tmp_path):
         SampleMetrics({"probe": object()})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="at least one"):
         SampleMetrics({})
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        SampleMetrics({"probe": ShapesProbe()}, sampler="euler")
+    assert SampleMetrics({"probe": ShapesProbe()}, sampler="dpmpp_2m").sampler == "dpmpp_2m"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moving left\n\n a blue square \n")
     assert SampleMetrics({"probe": ShapesProbe()}, captions=str(prompts)).resolve_captions(None) == [

@@ -19,3 +19,18 @@ def test_every_flag_is_a_field_with_the_flag_default(load_script):
     options = vars(EvalOptions(generated="x"))
     assert args.keys() == options.keys()
     assert args == options
+
+
+def test_sampler_names_are_the_registry_and_both_tools_take_them(load_script):
+    from latentvid.diffusion.samplers import SAMPLERS
+    from latentvid.evaluation.options import SAMPLER_NAMES
+
+    assert SAMPLER_NAMES == tuple(SAMPLERS)
+    evaluate = load_script("tools/evaluate.py", "evaluate_tool_samplers")
+    sample = load_script("tools/sample.py", "sample_tool_samplers")
+    for name in SAMPLER_NAMES:
+        assert evaluate.parse_args(["--ckpt", "x.ckpt", "--sampler", name]).sampler == name
+        assert sample.parse_args(["--ckpt", "x.ckpt", "--out", "o", "--sampler", name]).sampler == name
+    for tool, args in ((evaluate, ["--ckpt", "x.ckpt"]), (sample, ["--ckpt", "x.ckpt", "--out", "o"])):
+        with pytest.raises(SystemExit):
+            tool.parse_args([*args, "--sampler", "euler"])

@@ -96,6 +96,15 @@ def test_config_errors_name_the_file_and_key(tiny_cascade, tmp_path):
                                      "stages": [{"name": "x", "ckpt": str(tiny_cascade["base"])}]})
 
 
+def test_stage_samplers_are_checked_against_the_registry():
+    config = parse_config({"base": {"ckpt": "x.ckpt", "sampler": "dpmpp_2m"},
+                           "stages": [{"ckpt": "y.ckpt", "sampler": "heun"}, {"ckpt": "z.ckpt"}]})
+    assert [config.base.sampler, *(s.sampler for s in config.stages)] == ["dpmpp_2m", "heun", None]
+    with pytest.raises(ValueError, match=r"stages\[1\]\.sampler 'euler' is not one of"):
+        parse_config({"base": {"ckpt": "x.ckpt"},
+                      "stages": [{"ckpt": "y.ckpt"}, {"ckpt": "z.ckpt", "sampler": "euler"}]})
+
+
 @pytest.mark.slow
 def test_sample_tool_runs_the_cascade(tiny_cascade, tmp_path):
     config = tmp_path / "cascade.yaml"
