@@ -53,7 +53,10 @@ def sample_seeded(
     share. Here each video gets its own generator (starting noise and any fresh sampler noise), which
     makes video i equal to ``model.sample([captions[i]], *shape, generator=Generator().manual_seed(seeds[i]))``
     whatever else is in the batch. ``shape`` is (frames, height, width) in pixels; ``steps``,
-    ``sampler``, ``guidance``: None keeps the model's own. The steps are ``LatentDiffusion.sample``'s.
+    ``sampler``, ``guidance``: None keeps the model's own.
+
+    The body repeats ``LatentDiffusion.sample`` with one generator per video, since ``sample`` takes
+    only one; tests/evaluation/test_sampling.py checks that a batch of one equals it exactly.
     """
     import torch
 
