@@ -17,7 +17,9 @@ The steps are separate, pure functions, so each is tested on its own:
   plus a ``(T,)`` frame mask (short clips padded and masked; stills as one-frame videos or
   static clips).
 
-:func:`load_clip` and :func:`load_image` chain them for one file (path or bytes).
+:func:`load_clip` and :func:`load_image` chain them for one file (path or bytes);
+:func:`probe_clip` and :func:`probe_image` say what a file offers (frame size, frames at the
+clip's rate) without decoding it, which is what bucketing (:mod:`latentvid.data.buckets`) needs.
 """
 
 from __future__ import annotations
@@ -371,6 +373,81 @@ def load_clip(source: Source, spec: ClipSpec, generator: torch.Generator | None 
             raise ClipError(f"{err}; PyAV fallback: {reason}") from err2
     frames = resize_crop(clip.frames, spec.hw, spec.crop, generator)  # (t, h, w, 3)
     return Clip(frames, clip.fps, clip.indices)
+
+
+class ClipShape(NamedTuple):
+    """What a file offers a clip before anything is decoded but its first frame: the displayed
+    frame size and how many frames a clip at the spec's rate can take from it (its window)."""
+
+    height: int
+    width: int
+    frames: int
+
+
+def available_frames(num_available: int, source_fps: float, target_fps: float | None = None, stride: int = 1) -> int:
+    """How many frames :func:`sample_frame_indices` can take from ``num_available`` source frames at
+    most: those whose offset ``floor(k * step)`` falls inside them."""
+    if num_available < 1:
+        return 0
+    step = float(stride) if target_fps is None else max(source_fps / target_fps, 1.0)
+    return math.ceil((num_available - 1e-6) / step)  # the offsets' own 1e-6 guard, as in sample_frame_indices
+
+
+def _probe(source: Source, spec: ClipSpec, backend: str, name: str, window: tuple[float | None, float | None],
+           fps: float | None) -> ClipShape:
+    with open_video(source, backend, spec.threads, name) as reader:
+        source_fps = float(fps) if fps else reader.fps
+        start_s, end_s = window
+        first = max(0, math.floor(start_s * source_fps)) if start_s else 0
+        last = min(reader.num_frames, math.ceil(end_s * source_fps)) if end_s else reader.num_frames
+        frames = available_frames(last - first, source_fps, spec.fps, spec.stride)
+        if frames < 1:
+            raise ClipError(f"{name}: no frames in the window {start_s}..{end_s} s "
+                            f"({reader.num_frames} frames at {source_fps:g} fps)")
+        height, width = reader.read([0]).shape[1:3]  # decoded: the display rotation is applied
+    return ClipShape(int(height), int(width), frames)
+
+
+def probe_clip(source: Source, spec: ClipSpec, name: str | None = None,
+               window: tuple[float | None, float | None] = (None, None), fps: float | None = None) -> ClipShape:
+    """The :class:`ClipShape` of ``source`` (path or bytes) for clips of ``spec``'s rate, decoding
+    only its first frame. Frames are counted at the file's average rate (a variable frame rate
+    file may give a frame more or less when the clip is sampled by time). ``window`` and ``fps``
+    as in :func:`load_clip`; the same PyAV fallback; ``FileNotFoundError`` or :class:`ClipError`
+    naming the file."""
+    name = source_name(source, name)
+    try:
+        return _probe(source, spec, spec.backend, name, window, fps)
+    except VideoReadError as err:
+        if not spec.fallback or spec.backend == "pyav":
+            raise ClipError(str(err)) from err
+        try:
+            return _probe(source, spec, "pyav", name, window, fps)
+        except VideoReadError as err2:
+            raise ClipError(f"{err}; PyAV fallback: {str(err2).removeprefix(f'{name}: ')}") from err2
+
+
+def probe_image(source: Source, name: str | None = None) -> tuple[int, int]:
+    """(height, width) of a still as :func:`load_image` sees it (EXIF orientation applied), from its
+    header only."""
+    from PIL import Image
+
+    name = source_name(source, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ClipError(f"{name}: empty file (0 bytes)")
+        file = io.BytesIO(bytes(source))
+    else:
+        file = os.fspath(source)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"image file not found: {file}")
+    try:
+        with Image.open(file) as img:
+            width, height = img.size
+            turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+    except Exception as err:  # PIL.UnidentifiedImageError, truncated data, ...
+        raise ClipError(f"{name}: cannot decode image ({type(err).__name__}: {str(err)[:120]})") from err
+    return (width, height) if turned else (height, width)
 
 
 def load_image(source: Source, spec: ClipSpec, generator: torch.Generator | None = None,

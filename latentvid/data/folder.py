@@ -216,6 +216,9 @@ class _FolderSource(Dataset):
         self.clip = clip
         self.max_retries = max_retries
         self._order: tuple[tuple[int, int], torch.Tensor] | None = None
+        # measured shapes by (row, fps, stride): a file's shape does not change between epochs, and
+        # rows measured at set-up (bucket estimates) reach forked DataLoader workers for free
+        self._shapes: dict[tuple[int, float | None, int], tuple[int, int, int | None]] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -257,6 +260,20 @@ class _FolderSource(Dataset):
         return self._decode_row(row, clip, generator)
 
     def _decode_row(self, row: Row, clip: ClipSpec, generator: torch.Generator | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def measure(self, raw: Raw, clip: ClipSpec) -> tuple[int, int, int | None]:
+        key = (raw.data, clip.fps, clip.stride)
+        if key not in self._shapes:
+            row = self.rows[raw.data]
+            if row.error is not None:
+                raise SampleError(f"{self.describe()}:{row.line}: {row.error}")
+            if not os.path.isfile(row.path):
+                raise SampleError(f"{row.path}: file not found (listed at {self.describe()}:{row.line})")
+            self._shapes[key] = tuple(self._measure_row(row, clip))
+        return self._shapes[key]
+
+    def _measure_row(self, row: Row, clip: ClipSpec) -> tuple[int, int, int | None]:
         raise NotImplementedError
 
     # ---- map-style -------------------------------------------------------------------------
@@ -313,6 +330,9 @@ class VideoFolder(_FolderSource, VideoSource):
         return self.video_item(row.path, clip, generator, row.path, row.caption, row.key,
                                window=(row.start, row.end), fps=row.fps)
 
+    def _measure_row(self, row: Row, clip: ClipSpec) -> tuple[int, int, int | None]:
+        return self.video_shape(row.path, clip, row.path, window=(row.start, row.end), fps=row.fps)
+
 
 class ImageFolder(_FolderSource, ImageSource):
     """Image files (anything PIL reads: jpg, png, webp, ...) listed in a CSV / TSV / JSONL index.
@@ -337,3 +357,6 @@ class ImageFolder(_FolderSource, ImageSource):
 
     def _decode_row(self, row: Row, clip: ClipSpec, generator: torch.Generator | None) -> dict[str, Any]:
         return self.image_item(row.path, clip, generator, row.path, row.caption, row.key)
+
+    def _measure_row(self, row: Row, clip: ClipSpec) -> tuple[int, int, int | None]:
+        return self.image_shape(row.path, row.path)

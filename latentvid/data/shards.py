@@ -225,6 +225,10 @@ class VideoShards(_ShardSource, VideoSource):
         _, media, caption = self._media_and_caption(raw)
         return self.video_item(media, clip, generator, raw.name, caption, raw.data["__key__"])
 
+    def measure(self, raw: Raw, clip: ClipSpec) -> tuple[int, int, int | None]:
+        _, media, _ = self._media_and_caption(raw)
+        return self.video_shape(media, clip, raw.name)
+
 
 class ImageShards(_ShardSource, ImageSource):
     """Image-text webdataset shards (``key.jpg|jpeg|png|webp`` + ``key.txt`` or ``key.json``).
@@ -245,6 +249,10 @@ class ImageShards(_ShardSource, ImageSource):
     def decode(self, raw: Raw, clip: ClipSpec, generator: torch.Generator | None = None) -> dict[str, Any]:
         _, media, caption = self._media_and_caption(raw)
         return self.image_item(media, clip, generator, raw.name, caption, raw.data["__key__"])
+
+    def measure(self, raw: Raw, clip: ClipSpec) -> tuple[int, int, int | None]:
+        _, media, _ = self._media_and_caption(raw)
+        return self.image_shape(media, raw.name)
 
 
 # --------------------------------------------------------------------------------------------

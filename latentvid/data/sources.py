@@ -10,7 +10,9 @@ counting and resume position. A source only has to say
 * what raw samples a unit holds (:meth:`Source.read_unit`: cheap records, e.g. a path or
   the bytes of a tar member; nothing decoded yet), and
 * how one raw sample becomes an item (:meth:`Source.decode`), raising :class:`SampleError`
-  naming the file (or shard and key) when it cannot.
+  naming the file (or shard and key) when it cannot, and
+* for bucketed batching, what shape a raw sample has before it is decoded
+  (:meth:`Source.measure`: frame size and frames at the clip's rate; None frames for a still).
 
 Items are the dicts the models consume::
 
@@ -28,7 +30,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from latentvid.data.clips import ClipError, ClipSpec, image_to_clip, load_clip, load_image, pad_clip
+from latentvid.data.clips import (ClipError, ClipShape, ClipSpec, image_to_clip, load_clip, load_image, pad_clip,
+                                  probe_clip, probe_image)
 from latentvid.data.readers import Source as MediaSource
 
 log = logging.getLogger("latentvid.data")
@@ -111,6 +114,12 @@ class Source:
         """One raw sample -> item; raises :class:`SampleError` (or ``FileNotFoundError``)."""
         raise NotImplementedError
 
+    def measure(self, raw: Raw, clip: ClipSpec) -> ClipShape | tuple[int, int, None]:
+        """(height, width, frames) of a raw sample without decoding it: its displayed frame size
+        and the frames a clip at ``clip``'s rate can take (None for a still, which fits any
+        length); raises :class:`SampleError` (or ``FileNotFoundError``) like :meth:`decode`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot measure samples (needed for buckets)")
+
     def describe(self) -> str:
         return type(self).__name__
 
@@ -162,6 +171,16 @@ class VideoSource(Source):
                 "caption": caption, "key": key}
 
 
+    @staticmethod
+    def video_shape(media: MediaSource, clip: ClipSpec, name: str,
+                    window: tuple[float | None, float | None] = (None, None), fps: float | None = None) -> ClipShape:
+        """:func:`~latentvid.data.clips.probe_clip` of ``media``; errors become :class:`SampleError`."""
+        try:
+            return probe_clip(media, clip, name=name, window=window, fps=fps)
+        except (ClipError, FileNotFoundError) as err:
+            raise SampleError(str(err)) from err
+
+
 class ImageSource(Source):
     """A source of image-text samples, served as one-frame videos or static clips (``clip.image_mode``)."""
 
@@ -178,3 +197,13 @@ class ImageSource(Source):
         video, mask, fps = image_to_clip(image, clip.num_frames, clip.image_mode, clip.static_fps)
         return {"video": video, "frame_mask": mask, "fps": torch.tensor(fps, dtype=torch.float32),
                 "caption": caption, "key": key}
+
+    @staticmethod
+    def image_shape(media: MediaSource, name: str) -> tuple[int, int, None]:
+        """(height, width, None) of a still (:func:`~latentvid.data.clips.probe_image`); errors
+        become :class:`SampleError`."""
+        try:
+            height, width = probe_image(media, name=name)
+        except (ClipError, FileNotFoundError) as err:
+            raise SampleError(str(err)) from err
+        return height, width, None

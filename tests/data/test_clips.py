@@ -14,11 +14,14 @@ from PIL import Image
 from latentvid.data.clips import (
     ClipError,
     ClipSpec,
+    available_frames,
     crop_box,
     image_to_clip,
     load_clip,
     load_image,
     pad_clip,
+    probe_clip,
+    probe_image,
     resize_crop,
     sample_frame_indices,
 )
@@ -199,3 +202,46 @@ def test_clip_spec_validation_names_the_field() -> None:
         field = next(iter(bad))
         with pytest.raises(ValueError, match=f"{field}="):
             ClipSpec(**bad)
+
+
+# ------------------------------------------------------------------------------ probing (buckets)
+
+
+@pytest.mark.parametrize("source_fps, target_fps, stride", [(30.0, 8.0, 1), (25.0, 10.0, 1), (8.0, 24.0, 1),
+                                                            (30000 / 1001, 8.0, 1), (24.0, None, 1), (24.0, None, 3)])
+def test_available_frames_is_what_sampling_can_take(source_fps, target_fps, stride) -> None:
+    for n in range(1, 90):
+        taken, _ = sample_frame_indices(n, source_fps, 10_000, target_fps=target_fps, stride=stride, start="first")
+        assert available_frames(n, source_fps, target_fps, stride) == len(taken), n
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_probe_clip_reads_the_displayed_size_and_the_frames_at_the_clip_rate(tmp_path: Path, encoder, smooth_frames,
+                                                                             backend) -> None:
+    rotated = encoder(tmp_path / "rot.mp4", smooth_frames(20, 16, 32), rotation=90, pix_fmt="yuv444p", fps=8)
+    assert tuple(probe_clip(rotated, ClipSpec(backend=backend))) == (32, 16, 20)  # rotated: 32 high
+    assert probe_clip(rotated, ClipSpec(backend=backend, stride=3)).frames == 7
+    wide = encoder(tmp_path / "wide.mp4", smooth_frames(24, 18, 32), fps=24)
+    spec = ClipSpec(backend=backend, fps=8)
+    assert tuple(probe_clip(wide, spec)) == (18, 32, 8)
+    assert probe_clip(wide, spec, window=(0.25, 0.75)).frames == 4  # frames 6..17 at a step of 3
+    assert probe_clip(wide, spec, fps=12).frames == 16  # the file's rate overridden: a step of 1.5
+    clip = load_clip(wide, ClipSpec(backend=backend, fps=8, num_frames=100, start="first"))
+    assert len(clip.indices) == probe_clip(wide, spec).frames  # what a clip then takes
+    with pytest.raises(ClipError, match="text.mp4"):
+        (tmp_path / "text.mp4").write_text("not a video")
+        probe_clip(tmp_path / "text.mp4", ClipSpec(backend=backend))
+
+
+def test_probe_image_applies_exif_orientation(tmp_path: Path) -> None:
+    image = Image.new("RGB", (40, 20))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90: shown 20 wide, 40 high
+    image.save(tmp_path / "turned.jpg", exif=exif)
+    image.save(tmp_path / "plain.png")
+    from PIL import ImageOps
+
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "turned.jpg")))  # what load_image decodes
+    assert probe_image(tmp_path / "turned.jpg") == (40, 20) == shown.shape[:2]
+    assert probe_image((tmp_path / "plain.png").read_bytes()) == (20, 40)
+
