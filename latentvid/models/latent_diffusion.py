@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from latentvid.conditioning.text import caption_dropout
 from latentvid.diffusion import (
+    SAMPLERS,
     TARGETS,
     CosineSchedule,
     LinearLogSNRSchedule,
@@ -26,8 +27,7 @@ from latentvid.diffusion import (
     diffuse,
     masked_mse,
     prediction_to_x0,
-    sample_ancestral,
-    sample_ddim,
+    run_sampler,
     snr_loss_weight,
     training_target,
 )
@@ -64,7 +64,8 @@ class LatentDiffusion(LightningModule):
         lr, weight_decay, betas: AdamW settings for the trainable (U-Net) parameters.
         warmup_steps: linear learning-rate warm-up length in optimiser steps.
         sample_steps: default number of sampler steps for :meth:`sample`.
-        sampler: default sampler, ``"ddim"`` or ``"ancestral"``.
+        sampler: default sampler, a name in :data:`~latentvid.diffusion.samplers.SAMPLERS` (``"ddim"``,
+            ``"ancestral"``, ``"dpmpp_2m"``, ``"heun"``).
         guidance_scale: default classifier-free guidance weight for :meth:`sample`.
         clip_sample: clamp the x0 estimate to [-clip_sample, clip_sample] while sampling (pixel space:
             1.0); ``None`` disables it (latent space).
@@ -109,8 +110,8 @@ class LatentDiffusion(LightningModule):
                                  "none: set target (v, eps or x0) or use a DiscreteSchedule with prediction_type")
         if target not in TARGETS:
             raise ValueError(f"model.target must be one of {TARGETS}, got {target!r}")
-        if sampler not in ("ddim", "ancestral"):
-            raise ValueError(f"model.sampler must be 'ddim' or 'ancestral', got {sampler!r}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"model.sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
         # Under LightningCLI the saved hparams are the resolved config (class_path / init_args), so
         # `load_from_checkpoint` rebuilds every sub-module; modules passed directly are not hparams.
         with warnings.catch_warnings():  # objects passed directly are dropped just below
@@ -312,10 +313,13 @@ class LatentDiffusion(LightningModule):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        spacing: str = "time",
     ) -> Tensor:
         """Generate videos for ``captions``: returns (B, 3, num_frames, height, width) in [-1, 1].
 
         ``generator`` (on this module's device) makes the result reproducible; None uses the global RNG.
+        ``spacing``: the sampling grid, ``"time"``, ``"logsnr"`` or ``"karras"``
+        (:func:`~latentvid.diffusion.schedule.sampling_grid`).
         """
         steps = steps or self.hparams.sample_steps
         sampler = sampler or self.hparams.sampler
@@ -328,7 +332,8 @@ class LatentDiffusion(LightningModule):
                  width // fs.spatial_factor)
         denoise = self.guided_denoiser(captions, fps, scale)
         z = torch.randn(shape, generator=generator, device=self.device)
-        z = self.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generator, progress=progress)
+        z = self.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generator, progress=progress,
+                             spacing=spacing)
         video = fs.decode(z)
         if not math.isfinite(float(video.abs().max())):
             raise FloatingPointError("sampling produced non-finite values")
@@ -354,15 +359,12 @@ class LatentDiffusion(LightningModule):
         return denoise
 
     def run_sampler(self, denoise, z: Tensor, steps: int, sampler: str, eta: float = 0.0,
-                    generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
-        """Integrate from the starting noise z (B, C, t, h, w) on the schedule's ``steps``-step grid -> (B, C, t, h, w)."""
+                    generator=None, progress: bool = False, spacing: str = "time") -> Tensor:
+        """Integrate from the starting noise z (B, C, t, h, w) on the schedule's ``steps``-step grid of
+        ``spacing`` with ``SAMPLERS[sampler]`` -> (B, C, t, h, w). ``generator``: one, or one per sample."""
         if getattr(self.schedule, "base_tokens", None) is not None:
-            logsnrs = self.schedule.sampling_logsnrs(steps, z.shape[2] * z.shape[3] * z.shape[4])
+            logsnrs = self.schedule.sampling_logsnrs(steps, z.shape[2] * z.shape[3] * z.shape[4], spacing=spacing)
         else:
-            logsnrs = self.schedule.sampling_logsnrs(steps)
-        logsnrs, process = logsnrs.to(self.device), self.schedule.alpha_sigma
-        if sampler == "ddim":
-            return sample_ddim(denoise, z, logsnrs, eta=eta, generator=generator, progress=progress, alpha_sigma=process)
-        if sampler == "ancestral":
-            return sample_ancestral(denoise, z, logsnrs, generator=generator, progress=progress, alpha_sigma=process)
-        raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
+            logsnrs = self.schedule.sampling_logsnrs(steps, spacing=spacing)
+        return run_sampler(sampler, denoise, z, logsnrs.to(self.device), eta=eta, generator=generator,
+                           progress=progress, alpha_sigma=self.schedule.alpha_sigma)
