@@ -5,7 +5,9 @@ Lightning's fetcher read ahead. After every training batch, :class:`DataPosition
 training loader's :class:`latentvid.data.sampler.ResumableSampler` to ``(epoch, batches done x
 batch size x world size)`` from Lightning's own progress counters; the sampler's state goes into
 the checkpoint with the loader (Lightning saves the state of stateful training loaders) and a
-resumed run continues with the next unseen draw. A position at the end of an epoch (also one cut
+resumed run continues with the next unseen draw (a sampler of whole steps, such as
+:class:`latentvid.data.bucket_batches.BucketSampler`, says so with ``draws_per_step`` and is set to
+the steps done). A position at the end of an epoch (also one cut
 short by ``limit_train_batches``) is saved as the start of the next epoch, which is where
 Lightning resumes.
 
@@ -77,11 +79,14 @@ class DataPosition(Callback):
         epoch_over = done >= trainer.num_training_batches
         for loader in train_loaders(trainer):
             sampler = resumable_sampler(loader)
+            per_step = getattr(sampler, "draws_per_step", None)  # a sampler of whole steps (bucketed batches)
             size = _batch_size(loader) if isinstance(loader, DataLoader) else None
-            if sampler is None or size is None:
+            if sampler is None or (size is None and per_step is None):
                 continue
             if epoch_over:
                 sampler.set_position(sampler.epoch + 1, 0)
+            elif per_step is not None:
+                sampler.set_position(sampler.epoch, done * per_step)
             else:
                 sampler.set_position(sampler.epoch, done * size * sampler.num_replicas)
 

@@ -158,7 +158,7 @@ class BucketSpec:
             counted (``batch["bucket_dropped"]``). Folders hold paths, shards the encoded bytes.
     """
 
-    aspect_ratios: tuple[float | str, ...] = ("1:1", "4:3", "3:4", "16:9", "9:16")
+    aspect_ratios: tuple[str, ...] = ("1:1", "4:3", "3:4", "16:9", "9:16")
     sizes: tuple[int, ...] | None = None
     frames: tuple[int, ...] | None = None
     buckets: tuple[tuple[int, ...], ...] | None = None

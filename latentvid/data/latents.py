@@ -13,7 +13,10 @@
     eval_prompts.txt     copied from the data folder when it has one (used by LogSampleVideos)
 
 Every sample has the same (C, t, h, w): stills were encoded as their padded T-frame video (as
-the datasets serve them), and their ``latent_mask`` marks latent frame 0 only.
+the datasets serve them), and their ``latent_mask`` marks latent frame 0 only. A folder of
+several shapes (clips encoded at their buckets' shapes) trains with ``buckets=True``: each
+distinct latent shape is a bucket, one bucket per step on every rank
+(:class:`~latentvid.data.bucket_batches.BucketSampler`).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from latentvid.data.bucket_batches import BatchDataset, BucketSampler
+from latentvid.data.buckets import batch_size_for
 from latentvid.data.datamodule import mixing_weights
 from latentvid.data.datasets import read_index
 from latentvid.data.sampler import ResumableDataLoader, ResumableSampler, small_data_minimum
 from latentvid.data.sources import check_small_data
+from latentvid.data.stream import keep_batch
 
 META_FILE = "meta.json"
 INDEX_FILE = "index.jsonl"
@@ -84,16 +90,21 @@ class LatentDataset(Dataset):
     Args:
         root: folder written by ``tools/encode_latents.py``.
         cache: keep loaded latents in memory (they are small; each worker holds its own copy).
+        buckets: allow samples of several latent shapes (``latent_shapes``, each sample's
+            ``bucket_of``); otherwise every sample must have the same shape.
     """
 
-    def __init__(self, root: str, cache: bool = True) -> None:
+    def __init__(self, root: str, cache: bool = True, buckets: bool = False) -> None:
         self.root = str(root)
         self.meta = read_meta(root)
         self.rows = read_latent_index(root)
-        shapes = {tuple(r["latent_shape"]) for r in self.rows}
-        if len(shapes) != 1:
-            raise ValueError(f"{Path(root) / INDEX_FILE}: samples have different latent shapes {sorted(shapes)}")
-        self.latent_shape: tuple[int, int, int, int] = shapes.pop()
+        shapes = sorted({tuple(r["latent_shape"]) for r in self.rows})
+        if len(shapes) != 1 and not buckets:
+            raise ValueError(f"{Path(root) / INDEX_FILE}: samples have different latent shapes {shapes} "
+                             "(train them with buckets: true)")
+        self.latent_shapes: list[tuple[int, int, int, int]] = shapes
+        self.bucket_of = [shapes.index(tuple(r["latent_shape"])) for r in self.rows]
+        self.latent_shape: tuple[int, int, int, int] = max(shapes, key=self.bucket_of.count)  # the most common
         self.cache = cache
         self._latents: dict[int, torch.Tensor] = {}
 
@@ -113,9 +124,10 @@ class LatentDataset(Dataset):
             z = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # a truncated or foreign file
             raise ValueError(f"cannot load latents from {path}: {err}") from err
-        if not isinstance(z, torch.Tensor) or tuple(z.shape) != self.latent_shape:
+        want = self.latent_shapes[self.bucket_of[i]]
+        if not isinstance(z, torch.Tensor) or tuple(z.shape) != want:
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"{path}: expected a latent tensor of shape {self.latent_shape}, got {got}")
+            raise ValueError(f"{path}: expected a latent tensor of shape {want}, got {got}")
         z = z.float()
         if self.cache:
             self._latents[i] = z
@@ -149,6 +161,11 @@ class LatentDataModule(LightningDataModule):
         small_data: a training set with fewer samples than ``batch_size`` x ranks: ``"repeat"``
             draws more per epoch (at least one batch per rank), ``"stop"`` stops before training
             with one line naming the sizes.
+        buckets: train a folder of several latent shapes, each a bucket whose batch size keeps
+            ``batch_size`` x the latent tokens of the folder's reference clip (``meta.json``'s
+            ``latent_frames``, ``height``, ``width``; else its most common shape) per batch; each
+            step is one bucket's batch on every rank, every sample once per epoch. Not with
+            ``image_ratio``.
     """
 
     def __init__(
@@ -160,11 +177,15 @@ class LatentDataModule(LightningDataModule):
         val_root: str | None = None,
         seed: int = 0,
         small_data: str = "repeat",
+        buckets: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"invalid {batch_size=} {num_workers=}")
         check_small_data(small_data)
+        if buckets and image_ratio is not None:
+            raise ValueError(f"LatentDataModule: image_ratio={image_ratio} cannot be combined with buckets "
+                             "(each bucket's samples are drawn once per epoch); set image_ratio: null")
         if image_ratio is not None:
             mixing_weights(1, 1, image_ratio)  # validate early
         self.save_hyperparameters()
@@ -175,6 +196,7 @@ class LatentDataModule(LightningDataModule):
         self.val_root = val_root
         self.seed = seed
         self.small_data = small_data
+        self.buckets = buckets
         self.train_set: LatentDataset | None = None
         self.val_set: LatentDataset | None = None
 
@@ -186,10 +208,10 @@ class LatentDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read the indexes (train always; validation when ``val_root`` is set)."""
         if self.train_set is None:
-            self.train_set = LatentDataset(self.root)
+            self.train_set = LatentDataset(self.root, buckets=self.buckets)
         if self.val_root is not None and self.val_set is None:
             self.val_set = LatentDataset(self.val_root)
-            if self.val_set.latent_shape != self.train_set.latent_shape:
+            if self.val_set.latent_shape not in self.train_set.latent_shapes:
                 raise ValueError(
                     f"latent shapes differ: {self.root} has {self.train_set.latent_shape}, "
                     f"{self.val_root} has {self.val_set.latent_shape}"
@@ -206,6 +228,8 @@ class LatentDataModule(LightningDataModule):
         if self.train_set is None:
             self.setup("fit")
         ds = self.train_set
+        if self.buckets:
+            return self._bucket_loader(ds)
         minimum = small_data_minimum(f"data ({self.root})", len(ds), self.batch_size, self.num_workers,
                                      self.small_data)
         if self.image_ratio is None:
@@ -219,6 +243,31 @@ class LatentDataModule(LightningDataModule):
             sampler = ResumableSampler(len(ds), weights=weights, replacement=True, seed=self.seed,
                                        min_per_replica=minimum)
         return ResumableDataLoader(ds, sampler=sampler, drop_last=True, **self._loader_kwargs())
+
+    def bucket_batch_sizes(self) -> list[int]:
+        """Clips per batch of each latent shape of the training folder (``LatentDataset.latent_shapes``)."""
+        if self.train_set is None:
+            self.setup("fit")
+        meta, shapes = self.train_set.meta, self.train_set.latent_shapes
+        sf = meta.get("spatial_factor") or 1
+        if all(meta.get(k) for k in ("latent_frames", "height", "width")):
+            reference = meta["latent_frames"] * (meta["height"] / sf) * (meta["width"] / sf)
+        else:
+            _, t, h, w = self.train_set.latent_shape
+            reference = t * h * w
+        return [batch_size_for(t * h * w, reference, self.batch_size) for _, t, h, w in shapes]
+
+    def _bucket_loader(self, ds: LatentDataset) -> DataLoader:
+        """One latent shape per step on every rank (:class:`~latentvid.data.bucket_batches.BucketSampler`)."""
+        sampler = BucketSampler(ds.bucket_of, self.bucket_batch_sizes(), seed=self.seed,
+                                repeat=self.small_data == "repeat")
+        if sampler.epoch_size == 0:
+            from latentvid.data.sources import too_small_error
+
+            raise too_small_error(f"data ({self.root})", len(ds), min(self.bucket_batch_sizes()), self.num_workers,
+                                  sampler.num_replicas)
+        return ResumableDataLoader(BatchDataset(ds), sampler=sampler, batch_size=None, collate_fn=keep_batch,
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation samples in a fixed order (no loader when ``val_root`` is None)."""

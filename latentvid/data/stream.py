@@ -103,11 +103,15 @@ class SampleStream(IterableDataset):
             :class:`DataError` (the data has gone away, not a few bad files).
         min_items: each partition yields at least this many items per epoch, reading the epoch's
             units again when its share falls short (0: one pass only; see the module docstring).
+        deferred: yield each sample undecoded with its measured shape, ``{"raw", "source",
+            "shape": (height, width, frames or None)}`` (:meth:`Source.measure`), for
+            :class:`~latentvid.data.bucket_batches.BucketBatched` to decode at its bucket's shape.
     """
 
     def __init__(self, source: Source, clip: ClipSpec, *, name: str = "video", shuffle: bool = True,
                  resampled: bool = False, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 epoch_size: int | None = None, max_consecutive_skips: int = 1000, min_items: int = 0) -> None:
+                 epoch_size: int | None = None, max_consecutive_skips: int = 1000, min_items: int = 0,
+                 deferred: bool = False) -> None:
         super().__init__()
         if epoch_size is not None and epoch_size < 1:
             raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
@@ -126,6 +130,7 @@ class SampleStream(IterableDataset):
         self.epoch_size = epoch_size
         self.max_consecutive_skips = max_consecutive_skips
         self.min_items = min_items
+        self.deferred = deferred
         self.epoch = 0
         self._done: frozenset[int] = frozenset()
         self._iterations = 0  # __iter__ calls in this process (persistent workers keep counting)
@@ -253,7 +258,11 @@ class SampleStream(IterableDataset):
                 continue
             if kind == "sample":
                 try:
-                    item = self.source.decode(payload, self.clip, gen)
+                    if self.deferred:  # measured only: decoded later, at the shape of its bucket
+                        item = {"raw": payload, "source": self.source,
+                                "shape": tuple(self.source.measure(payload, self.clip))}
+                    else:
+                        item = self.source.decode(payload, self.clip, gen)
                 except (SampleError, ClipError, FileNotFoundError) as err:
                     message = str(err)
                 except Exception as err:  # an unexpected decoder failure is still one bad sample

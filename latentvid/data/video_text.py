@@ -23,11 +23,19 @@ Configured in YAML like any constructor (sources by ``class_path``)::
         clip: {num_frames: 16, size: 256, fps: 8}
         batch_size: 8
         num_workers: 8
+
+With ``buckets`` (a :class:`~latentvid.data.buckets.BucketSpec`) each training sample is read at
+the shape of its bucket (nearest aspect ratio with enough frames) and each step is one bucket's
+batch: ``video`` (B_k, 3, T_k, H_k, W_k), the same bucket on every rank
+(:mod:`latentvid.data.bucket_batches`); ``clip`` and ``batch_size`` are then the reference whose
+latent tokens per batch every bucket keeps, and validation stays at ``clip``'s shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,6 +43,8 @@ import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from latentvid.data.bucket_batches import PLAN_STEP, BucketBatched, estimate_shares
+from latentvid.data.buckets import Bucket, BucketPlan, BucketSpec, mean_batch_size, step_weights
 from latentvid.data.clips import ClipSpec
 from latentvid.data.sources import DataError, ImageSource, VideoSource, check_small_data, too_small_error
 from latentvid.data.stream import (UNITS_DONE, Batched, MixedStream, Partition, SampleStream, StreamProgress,
@@ -96,6 +106,12 @@ class VideoTextDataModule(LightningDataModule):
             set of at least one sample trains. ``"stop"``: the run stops before training with one
             line naming the sample count, batch size, workers and ranks (when the sizes are known up
             front: folders, local shards; otherwise at the first epoch that yields no batch).
+        buckets: train at several clip shapes (:class:`~latentvid.data.buckets.BucketSpec`):
+            resolutions x aspect ratios x lengths, batch sizes keeping ``batch_size`` x the latent
+            tokens of a ``clip`` per batch, one bucket per step on every rank. An epoch is then a
+            fixed number of steps: the samples per epoch (``epoch_size``, else the training
+            source's size) over ranks x the mean batch size; a reader short of data reads on.
+            With ``latents``: buckets by the stored latent shape. None: every clip is ``clip``.
     """
 
     def __init__(
@@ -119,6 +135,7 @@ class VideoTextDataModule(LightningDataModule):
         world_size: int | None = None,
         root: str | None = None,
         small_data: str = "repeat",
+        buckets: BucketSpec | None = None,
     ) -> None:
         init_args = dict(locals())
         super().__init__()
@@ -139,10 +156,16 @@ class VideoTextDataModule(LightningDataModule):
             if source is not None and not isinstance(source, kind):
                 raise TypeError(f"VideoTextDataModule: `{label}` must be a {kind.__name__}, "
                                 f"got {type(source).__name__}")
+        self.bucket_spec = buckets
+        h, w = clip.hw
+        self.bucket_list: list[Bucket] | None = (buckets.build(h, w, clip.num_frames, batch_size)
+                                                 if buckets is not None and latents is None else None)
         # plain data only (checkpoints load with weights_only=True); num_frames / size are what
-        # tools/sample.py reads to pick the sampling shape
+        # tools/sample.py reads to pick the sampling shape (bucket_shapes: the others trained)
         self.save_hyperparameters({**args, "num_frames": clip.num_frames,
-                                   "size": clip.size if isinstance(clip.size, int) else list(clip.size)})
+                                   "size": clip.size if isinstance(clip.size, int) else list(clip.size),
+                                   "bucket_shapes": [[b.height, b.width, b.frames, b.batch_size]
+                                                     for b in self.bucket_list or ()]})
         self.video, self.images, self.val = video, images, val
         self.clip = clip
         self.image_ratio = image_ratio
@@ -159,6 +182,8 @@ class VideoTextDataModule(LightningDataModule):
         self._root = root
         self.small_data = small_data
         self.progress = StreamProgress()
+        self.plan_position = (0, 0)  # (epoch, step) after the last trained bucketed batch
+        self._bucket_weights: list[float] | None = None
         self._latent_dm: Any = None
         self._probed = False
 
@@ -190,8 +215,11 @@ class VideoTextDataModule(LightningDataModule):
                               ("val", self.val)):
             if source is None:
                 continue
+            clip = self.clip
+            if self.bucket_list is not None and label != "val":  # a clip fits when the shortest bucket does
+                clip = dataclasses.replace(clip, num_frames=min(b.frames for b in self.bucket_list))
             try:
-                source.probe(self.clip, attempts=self.probe)
+                source.probe(clip, attempts=self.probe)
             except DataError as err:
                 problems.append(f"data.{label}: {err}")
         return problems
@@ -206,7 +234,8 @@ class VideoTextDataModule(LightningDataModule):
                                                    num_workers=self.num_workers,
                                                    image_ratio=self.image_ratio or None,
                                                    val_root=self.val_latents, seed=self.seed,
-                                                   small_data=self.small_data)
+                                                   small_data=self.small_data,
+                                                   buckets=self.bucket_spec is not None)
             self._latent_dm.setup(stage)
             return
         if not self._probed:
@@ -223,22 +252,91 @@ class VideoTextDataModule(LightningDataModule):
             return trainer.global_rank, trainer.world_size
         return None, None  # SampleStream asks torch.distributed
 
-    def _stream(self, source: Any, name: str, train: bool) -> SampleStream:
+    def _stream(self, source: Any, name: str, train: bool, plan_epoch: int | None = None) -> SampleStream:
+        """A source's stream; ``plan_epoch`` (bucketed training): undecoded samples with their
+        shapes, read on for as long as the bucket batcher asks, from that epoch's position."""
         rank, world = self._partition()
         refill = self.batch_size if train and self.small_data == "repeat" else 0
+        if plan_epoch is not None:
+            refill = sys.maxsize  # the batcher ends the epoch after its steps; a short share reads on
         stream = SampleStream(source, self.clip if train else self.clip.deterministic(), name=name, shuffle=train,
                               resampled=train and self.resampled, seed=self.seed, rank=rank, world_size=world,
-                              min_items=refill)
-        if train:
+                              min_items=refill, deferred=plan_epoch is not None)
+        if plan_epoch is not None:
+            same = self.progress.epochs.get(name) == plan_epoch
+            stream.resume(plan_epoch, sorted(self.progress.done[name]) if same else [])
+        elif train:
             stream.resume(*self.progress.resume_point(name, source.num_units()))
         return stream
 
-    def train_dataset(self) -> MixedStream:
-        """The training stream (videos and stills mixed at ``image_ratio``)."""
-        videos = self._stream(self.video, "video", True) if self.video is not None and self.image_ratio < 1 else None
-        images = self._stream(self.images, "images", True) if self.images is not None and self.image_ratio > 0 else None
-        mixed = MixedStream(videos, images, self.image_ratio, seed=self.seed, epoch_size=self.epoch_size)
-        return mixed
+    def train_dataset(self, plan_epoch: int | None = None) -> MixedStream:
+        """The training stream (videos and stills mixed at ``image_ratio``); ``plan_epoch``: of
+        measured, undecoded samples for bucketed batching, from that epoch."""
+        videos = (self._stream(self.video, "video", True, plan_epoch)
+                  if self.video is not None and self.image_ratio < 1 else None)
+        images = (self._stream(self.images, "images", True, plan_epoch)
+                  if self.images is not None and self.image_ratio > 0 else None)
+        epoch_size = None if plan_epoch is not None else self.epoch_size  # bucketed: the batcher counts steps
+        return MixedStream(videos, images, self.image_ratio, seed=self.seed, epoch_size=epoch_size)
+
+    # ---- buckets -------------------------------------------------------------------------------
+    def bucket_weights(self) -> list[float]:
+        """How often each bucket's steps come: ``buckets.weights``, else in proportion to the batches
+        of data in each bucket, estimated from the first ``buckets.estimate`` samples of the sources
+        (stills mixed in at ``image_ratio``). Measured once; the same on every rank."""
+        if self.bucket_list is None:
+            raise ValueError("VideoTextDataModule: no buckets configured")
+        if self._bucket_weights is None:
+            spec = self.bucket_spec
+            if spec.weights is not None:
+                self._bucket_weights = [float(w) for w in spec.weights]
+            else:
+                shares = [0.0] * len(self.bucket_list)
+                for source, part in ((self.video, 1.0 - self.image_ratio), (self.images, self.image_ratio)):
+                    if source is not None and part > 0:
+                        found = estimate_shares(source, self.clip, self.bucket_list, spec.estimate)
+                        shares = [s + part * f for s, f in zip(shares, found)]
+                self._bucket_weights = step_weights(shares, self.bucket_list)
+        return self._bucket_weights
+
+    def steps_per_epoch(self) -> int | None:
+        """Bucketed steps per epoch on every rank: the epoch's samples (``epoch_size``, else the
+        training source's size) over ranks x the mean batch size of the plan; None for an endless
+        ``resampled`` stream without ``epoch_size``."""
+        if self.resampled and self.epoch_size is None:
+            return None
+        name, source = self._training_source()
+        samples = self.epoch_size
+        if samples is None:
+            sizes = source.unit_sizes()
+            if sizes is None:
+                raise DataError(f"data.{name} ({source.describe()}): buckets need epoch_size for a stream of unknown "
+                                "size (remote shards), or resampled: true")
+            samples = sum(sizes)
+            if name == "video" and self.image_ratio > 0:  # an epoch ends with its videos; stills come on top
+                samples = samples / (1.0 - self.image_ratio)
+        _, world = self._world()
+        steps = math.floor(samples / (world * mean_batch_size(self.bucket_weights(), self.bucket_list)))
+        return max(steps, 1) if self.small_data == "repeat" else steps
+
+    def _bucket_loader(self) -> DataLoader:
+        """The bucketed training loader (see :mod:`latentvid.data.bucket_batches`)."""
+        name, source = self._training_source()
+        rank, world = self._partition()
+        steps = self.steps_per_epoch()
+        if steps == 0:
+            raise too_small_error(f"data.{name} ({source.describe()})", source_size(source), self.batch_size,
+                                  self.num_workers, self._world()[1])
+        epoch, step = self.plan_position
+        if steps is not None and step >= steps:
+            epoch, step = epoch + 1, 0
+        plan = BucketPlan(self.bucket_weights(), seed=self.seed)
+        batched = BucketBatched(self.train_dataset(plan_epoch=epoch), self.bucket_list, plan, self.clip,
+                                steps_per_epoch=steps, seed=self.seed, rank=rank, world_size=world,
+                                buffer=self.bucket_spec.buffer)
+        batched.resume(epoch, step)
+        extra = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor} if self.num_workers > 0 else {}
+        return _NonEmptyLoader(batched, batch_size=None, num_workers=self.num_workers, collate_fn=keep_batch, **extra)
 
     def _loader(self, dataset: Any, workers: int, drop_last: bool, cls: type[DataLoader] = DataLoader) -> DataLoader:
         extra = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor} if workers > 0 else {}
@@ -265,6 +363,11 @@ class VideoTextDataModule(LightningDataModule):
         if self.small_data != "stop" or self.latents is not None or self.resampled:
             return
         name, source = self._training_source()
+        if self.bucket_list is not None:
+            if source.unit_sizes() is not None and self.steps_per_epoch() == 0:
+                raise too_small_error(f"data.{name} ({source.describe()})", source_size(source), self.batch_size,
+                                      self.num_workers, self._world()[1])
+            return
         sizes = source.unit_sizes()
         if sizes is None:
             return  # the loader stops at an epoch without batches instead
@@ -287,7 +390,10 @@ class VideoTextDataModule(LightningDataModule):
         self.check_size()
         name, source = self._training_source()
         workers, world = self._world()
-        loader = self._loader(self.train_dataset(), self.num_workers, drop_last=True, cls=_NonEmptyLoader)
+        if self.bucket_list is not None:
+            loader = self._bucket_loader()
+        else:
+            loader = self._loader(self.train_dataset(), self.num_workers, drop_last=True, cls=_NonEmptyLoader)
         loader.empty_error = lambda: too_small_error(f"data.{name} ({source.describe()})", None, self.batch_size,
                                                      self.num_workers, world)
         return loader
@@ -303,22 +409,39 @@ class VideoTextDataModule(LightningDataModule):
 
     # ---- resume position ---------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Record which units the training batches have consumed (see ``state_dict``)."""
+        """Record which units (and, bucketed, which plan step) the training batches have consumed
+        (see ``state_dict``)."""
         trainer = getattr(self, "trainer", None)
         if isinstance(batch, dict) and trainer is not None and trainer.training:
             self.progress.update(batch.get(UNITS_DONE, ()))
+            if PLAN_STEP in batch:
+                epoch, step = batch[PLAN_STEP]
+                self.plan_position = (int(epoch), int(step) + 1)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
         """``{"version": 1, "progress": {stream: {"epoch": e, "done_units": [...]}}}``: the units
-        (shards / row blocks) of the current epoch that the trained batches consumed completely."""
-        return {"version": STATE_VERSION, "progress": self.progress.state_dict()}
+        (shards / row blocks) of the current epoch that the trained batches consumed completely;
+        bucketed, also ``"plan": {"epoch": e, "step": k}``, the next step of the bucket plan."""
+        state = {"version": STATE_VERSION, "progress": self.progress.state_dict()}
+        if self.bucket_list is not None:
+            state["plan"] = {"epoch": self.plan_position[0], "step": self.plan_position[1]}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the next training dataloader leaves out the units consumed in that epoch."""
+        """Resume: the next training dataloader leaves out the units consumed in that epoch (and,
+        bucketed, continues the bucket plan at the saved step)."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"VideoTextDataModule: unknown state version {state.get('version')!r}")
         self.progress.load_state_dict(state["progress"])
+        if "plan" in state:
+            self.plan_position = (int(state["plan"]["epoch"]), int(state["plan"]["step"]))
+
+
+def source_size(source: Any) -> int | None:
+    """Samples in a source when known without reading it (folders, local shards), else None."""
+    sizes = source.unit_sizes()
+    return None if sizes is None else sum(sizes)
 
 
 class _NonEmptyLoader(DataLoader):
