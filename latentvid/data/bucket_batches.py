@@ -321,13 +321,13 @@ class BucketSampler(ResumableSampler):
         return [b for b, _ in self.steps(epoch)]
 
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator: nothing moves until the first draw. With batch_size=None this sampler is the
+        # DataLoader's index sampler, which a multi-worker iterator calls iter() on twice at its start.
         if self._iterated:
             self.epoch, self._start = self.epoch + 1, 0
         self._iterated = True
         rank = self.rank
         start, self._start = self._start, 0
-        out = []
         for b, indices in self.steps(self.epoch)[start:]:
             bs = self.batch_sizes[b]
-            out.append(indices[rank * bs:(rank + 1) * bs].tolist())
-        return iter(out)
+            yield indices[rank * bs:(rank + 1) * bs].tolist()
