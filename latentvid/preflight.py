@@ -11,8 +11,9 @@ Checked here: paths that must exist (data folders that are not generated, latent
 ``meta.json``, ``ckpt_path``); that each streaming data source yields a readable sample (a
 datamodule's ``check_sources()``, e.g. ``VideoTextDataModule``); clip lengths against the first stage's temporal factor (a causal VAE
 takes ``1 + k * factor`` frames); frame sizes against its spatial factor and the U-Net's
-down-sampling; a pre-encoded latent folder against the model's first stage; the clip shape of
-sampling callbacks (``LogSampleVideos``, ``SampleMetrics``) likewise, since they would otherwise
+down-sampling; every bucket of a bucketed data module likewise (one line listing the bad
+ones), and the factors its batch sizes were counted with; a pre-encoded latent folder against
+the model's first stage; the clip shape of sampling callbacks (``LogSampleVideos``, ``SampleMetrics``) likewise, since they would otherwise
 fail at the first validation, after training time was spent.
 """
 
@@ -59,6 +60,38 @@ def check_clip_shape(where: str, num_frames: int | None, height: int | None, wid
         elif (side // sf) % down:
             problems.append(f"{where}: {name}={side} gives latents of {side // sf} px, not a multiple of the "
                             f"U-Net's down-sampling factor {down} (use multiples of {sf * down} px)")
+    return problems
+
+
+def check_buckets(datamodule: Any, first_stage: Any, unet: Any) -> list[str]:
+    """Problems of a data module's buckets (``bucket_list``, from its ``bucket_spec``) for a first
+    stage and U-Net: one line listing every bucket whose frames or sides do not fit, and one per
+    latent factor the batch sizes were counted with that is not the first stage's."""
+    buckets = getattr(datamodule, "bucket_list", None)
+    if not buckets:
+        return []
+    problems = []
+    spec = getattr(datamodule, "bucket_spec", None)
+    for key in ("spatial_factor", "temporal_factor"):
+        have, want = getattr(spec, key, None), getattr(first_stage, key, None)
+        if have is not None and want is not None and int(have) != int(want):
+            problems.append(f"data.buckets: {key}={have} but the first stage's {key} is {want} (batch sizes count "
+                            f"latent tokens with it; set buckets.{key}: {want})")
+    tf = getattr(first_stage, "temporal_factor", 1) or 1
+    sf = getattr(first_stage, "spatial_factor", 1) or 1
+    down = getattr(unet, "downsample_factor", 1) or 1
+    bad = []
+    for b in buckets:
+        reasons = [f"frames {b.frames}"] if tf > 1 and (b.frames - 1) % tf else []
+        reasons += [f"{name} {side}" for name, side in (("height", b.height), ("width", b.width))
+                    if side % (sf * down)]
+        if reasons:
+            bad.append(f"{b.name} ({', '.join(reasons)})")
+    if bad:
+        frames = f" and 1 + k * {tf} frames" if tf > 1 else ""
+        problems.append(f"data.buckets: {len(bad)} of {len(buckets)} buckets do not fit the first stage (spatial "
+                        f"factor {sf}, temporal factor {tf}) and the U-Net (down-sampling {down}), which need sides "
+                        f"that are multiples of {sf * down} px{frames}: {'; '.join(bad)}")
     return problems
 
 
@@ -123,6 +156,7 @@ def check_fit(model: Any, datamodule: Any, callbacks: list[Any], ckpt_path: str 
         sides = _sides(getattr(datamodule, "size", None))
         problems += check_clip_shape("data", getattr(datamodule, "num_frames", None),
                                      sides[0] if sides else None, sides[1] if sides else None, first_stage, unet)
+        problems += check_buckets(datamodule, first_stage, unet)
     for cb in callbacks:
         if all(hasattr(cb, a) for a in ("captions", "num_frames", "height", "width")):
             problems += check_clip_shape(f"callback {type(cb).__name__}", cb.num_frames, cb.height, cb.width,
