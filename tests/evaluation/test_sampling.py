@@ -75,3 +75,17 @@ def test_bad_arguments(model):
         sample_seeded(model, CAPTIONS[:1], SHAPE, [1, 2])
     with pytest.raises(ValueError, match="batch_size"):
         next(sample_batches(model, CAPTIONS, SHAPE, batch_size=0))
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 32), (2, 24, 12), (4, 32, 16)], ids=["wide", "tall-short", "tall"])
+def test_any_bucket_shape_samples(model, shape):
+    # a model trained on buckets samples at any of their shapes (the networks take any size that
+    # fits their down-sampling); tools/sample.py passes --frames / --height / --width through clip_shape
+    from latentvid.evaluation.sampling import clip_shape
+
+    ckpt = {"datamodule_hyper_parameters": {"num_frames": 4, "size": 16, "bucket_shapes": [[16, 32, 4, 2]]}}
+    assert clip_shape(ckpt, *shape) == shape
+    video = sample_seeded(model, CAPTIONS[:1], shape, [0], steps=2)
+    assert video.shape == (1, 3, *shape) and torch.isfinite(video).all()
+    with pytest.raises(ValueError, match="down-sampling factor = 2"):
+        sample_seeded(model, CAPTIONS[:1], (4, 16, 15), [0], steps=1)
