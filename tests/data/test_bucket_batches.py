@@ -249,3 +249,18 @@ def test_bucket_sampler_ranks_share_steps_and_resume(tmp_path: Path) -> None:
     assert list(resumed) == epochs[0][1][3:]
     data = BatchDataset([{"x": torch.tensor(float(i)), "key": str(i)} for i in range(40)])
     assert data[[3, 5]]["x"].tolist() == [3.0, 5.0]
+
+
+def test_the_example_config_builds_its_buckets() -> None:
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    root = Path(__file__).resolve().parents[2]
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    config = parser.parse_args(["--data", str(root / "configs" / "bucket-data.yaml")])
+    dm = parser.instantiate_classes(config).data
+    assert isinstance(dm, VideoTextDataModule) and dm.bucket_spec.aspect_ratios == ("1:1", "16:9", "9:16")
+    # 16 clips of 3 x 8 x 8 latent tokens (9 frames of 32 x 32 through factors 4 and 4) per batch
+    assert [(b.name, b.batch_size) for b in dm.bucket_list] == [
+        ("32x32x5", 24), ("32x32x9", 16), ("24x40x5", 26), ("24x40x9", 17), ("40x24x5", 26), ("40x24x9", 17)]
