@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: ``python tools/benchmark.py {unet,dit,data,motion,resilience} [options]`` (``--help`` on each).
+"""Benchmarks: ``python tools/benchmark.py {unet,dit,data,buckets,motion,resilience} [options]`` (``--help`` on each).
 
 Each benchmark lives in ``benchmarks/<name>.py`` with a ``main(argv)`` and measures what it
 compares in the same run, printing ratios against a baseline rather than absolute targets.
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "unet": "our 3D U-Net vs diffusers' UNet3DConditionModel: train step, sampling, TFLOP/s, MFU, memory",
     "dit": "our spacetime DiT vs diffusers' WanTransformer3DModel: train videos/s, memory with checkpointing, sampling",
     "data": "decoded clips/s for the decord and PyAV readers, from a folder and from webdataset shards",
+    "buckets": "square crops vs aspect/length buckets on a mixed-aspect set: pixels lost, clips/s, latent tokens/s",
     "motion": "does the caption's direction word move the shape? probe accuracy against steps for diagnosis variants",
     "resilience": "step-time cost of the resume/NaN-guard/preemption callbacks, atomic vs Lightning checkpoint writes",
 }
