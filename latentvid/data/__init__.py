@@ -7,11 +7,14 @@ pay for importing Lightning.
 Real data: :mod:`~latentvid.data.readers` (decord / PyAV), :mod:`~latentvid.data.clips`
 (clip spec, frame sampling, crops), :mod:`~latentvid.data.folder` (folder + CSV/JSONL),
 :mod:`~latentvid.data.shards` (webdataset), :mod:`~latentvid.data.stream` (splitting across
-ranks / workers, skip counting, mixing), :mod:`~latentvid.data.video_text` (the DataModule).
+ranks / workers, skip counting, mixing), :mod:`~latentvid.data.buckets` (resolution x aspect-ratio
+x length buckets and the per-step plan) with :mod:`~latentvid.data.bucket_batches` (batches of one
+bucket per step), :mod:`~latentvid.data.video_text` (the DataModule).
 """
 
 from typing import Any
-from latentvid.data.clips import ClipSpec, load_clip, load_image, sample_frame_indices
+from latentvid.data.buckets import Bucket, BucketPlan, BucketSpec, assign
+from latentvid.data.clips import ClipSpec, load_clip, load_image, probe_clip, sample_frame_indices
 from latentvid.data.datasets import ImageTextDataset, VideoTextDataset, read_index
 from latentvid.data.folder import ImageFolder, VideoFolder
 from latentvid.data.readers import VideoReadError, open_video
@@ -48,6 +51,9 @@ __all__ = [
     "DIRECTIONS",
     "HELD_OUT",
     "SHAPES",
+    "Bucket",
+    "BucketPlan",
+    "BucketSpec",
     "ClipSpec",
     "DataError",
     "ImageFolder",
@@ -63,6 +69,7 @@ __all__ = [
     "VideoShards",
     "VideoTextDataModule",
     "VideoTextDataset",
+    "assign",
     "collate",
     "from_uint8",
     "generate_shapes_dataset",
@@ -71,6 +78,7 @@ __all__ = [
     "load_image",
     "open_video",
     "parse_caption",
+    "probe_clip",
     "read_frames",
     "read_image",
     "read_index",

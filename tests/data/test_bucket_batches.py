@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from latentvid.data.bucket_batches import BatchDataset, BucketBatched, BucketSampler
-from latentvid.data.buckets import Bucket, BucketSpec, assign
+from latentvid.data.buckets import Bucket, BucketSpec, assign, mean_batch_size
 from latentvid.data.clips import ClipSpec
 from latentvid.data.folder import VideoFolder
 from latentvid.data.latents import LatentDataModule
@@ -264,3 +264,40 @@ def test_the_example_config_builds_its_buckets() -> None:
     # 16 clips of 3 x 8 x 8 latent tokens (9 frames of 32 x 32 through factors 4 and 4) per batch
     assert [(b.name, b.batch_size) for b in dm.bucket_list] == [
         ("32x32x5", 24), ("32x32x9", 16), ("24x40x5", 26), ("24x40x9", 17), ("40x24x5", 26), ("40x24x9", 17)]
+
+
+def test_stills_mix_into_the_bucket_of_their_aspect_with_the_fewest_frames(data, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from latentvid.data.folder import ImageFolder
+
+    rows = []
+    for i, (w, h) in enumerate([(64, 36), (36, 64), (50, 50)] * 2):
+        Image.new("RGB", (w, h), (10 * i, 0, 0)).save(tmp_path / f"s{i}.png")
+        rows.append({"path": f"s{i}.png", "caption": "still", "key": f"s{i}"})
+    (tmp_path / "images.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stills = {"s0": 4, "s1": 6, "s2": 0, "s3": 4, "s4": 6, "s5": 0}  # bucket: 36x64x5, 64x36x5, 48x48x5
+    dm = module(data, workers=0, images=ImageFolder(str(tmp_path), "images.jsonl", key_column="key"),
+                image_ratio=0.5)
+    # an epoch ends with its N videos, half the samples: 2N samples over the plan's mean batch size
+    assert dm.steps_per_epoch() == int(2 * N // mean_batch_size(dm.bucket_weights(), dm.bucket_list))
+    seen = 0
+    for batch in read(dm):
+        for key, mask in zip(batch["key"], batch["frame_mask"]):
+            if key in stills:
+                seen += 1
+                assert batch["bucket"] == stills[key] and mask.tolist() == [True] + [False] * 4  # a one-frame video
+    assert seen > 0
+
+
+def test_small_data_stop_stops_before_training(data, tmp_path: Path) -> None:
+    (tmp_path / "index.jsonl").write_text(json.dumps({"path": str(data["root"] / "v00.mp4"), "caption": "c"}) + "\n")
+    dm = VideoTextDataModule(video=VideoFolder(str(tmp_path), "index.jsonl"), clip=CLIP, batch_size=4,
+                             num_workers=0, probe=1, buckets=SPEC, small_data="stop")
+    dm.setup("fit")
+    with pytest.raises(Exception, match=r"1 training samples give some rank no full batch of batch_size 4"):
+        dm.train_dataloader()
+    dm = VideoTextDataModule(video=VideoFolder(str(tmp_path), "index.jsonl"), clip=CLIP, batch_size=4,
+                             num_workers=0, probe=1, buckets=SPEC)  # small_data repeat: one step of that clip
+    dm.setup("fit")
+    assert [b["key"] for b in read(dm)] == [[str(data["root"] / "v00")] * 6]  # bucket 36x64x5: batches of 6
