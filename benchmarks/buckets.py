@@ -22,9 +22,10 @@ clip reads that the crop throws away; **padding** = share of the trained pixels 
 uses (``SampleStream`` -> ``Batched`` or ``BucketBatched`` -> ``DataLoader``), endless streams, timed
 from the first batch on: clips/s and latent tokens/s (every latent position of every batch,
 ``(1 + (T - 1) / tf) x H / sf x W / sf`` per clip, and those of valid frames only, which is what the
-loss learns from), plus the masked-frame share of the batches actually read (a check on (a)). Bucketed readers measure each sample (open + first frame) before
-decoding it: shards pay that every time; a folder caches the shape per file, so its figures are
-those of later epochs. Prints a table and writes JSON with the machine's load averages.
+loss learns from), plus the masked-frame share of the batches actually read (a check on (a)).
+Bucketed readers measure each sample (open + first frame) before decoding it: shards pay that
+every time; a folder caches the shape per file, so its figures are those of later epochs. Prints
+a table and writes JSON with the machine's load averages.
 """
 
 from __future__ import annotations

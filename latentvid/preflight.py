@@ -13,8 +13,9 @@ datamodule's ``check_sources()``, e.g. ``VideoTextDataModule``); clip lengths ag
 takes ``1 + k * factor`` frames); frame sizes against its spatial factor and the U-Net's
 down-sampling; every bucket of a bucketed data module likewise (one line listing the bad
 ones), and the factors its batch sizes were counted with; a pre-encoded latent folder against
-the model's first stage; the clip shape of sampling callbacks (``LogSampleVideos``, ``SampleMetrics``) likewise, since they would otherwise
-fail at the first validation, after training time was spent.
+the model's first stage; the clip shape of sampling callbacks (``LogSampleVideos``,
+``SampleMetrics``) likewise, since they would otherwise fail at the first validation, after
+training time was spent.
 """
 
 from __future__ import annotations

@@ -72,8 +72,9 @@ def test_the_cli_stops_on_bad_buckets_before_any_work(folder: Path, tmp_path: Pa
                             "clip": {"num_frames": 4, "size": 16}, "batch_size": 2, "num_workers": 0,
                             "buckets": {"buckets": [[16, 16, 4], [15, 16, 4], [16, 30, 2]], "spatial_factor": 1,
                                         "temporal_factor": 1}}}
-    monkeypatch.setattr(sys, "argv", ["latentvid", "fit", "-c", str(ROOT / "tests/configs/tiny.yaml"),
-                                      "--trainer.default_root_dir", str(tmp_path / "run"), "--data", json.dumps(config)])
+    argv = ["latentvid", "fit", "-c", str(ROOT / "tests/configs/tiny.yaml"), "--trainer.default_root_dir",
+            str(tmp_path / "run"), "--data", json.dumps(config)]
+    monkeypatch.setattr(sys, "argv", argv)
     for key in ("LATENTVID_DEBUG", "PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # the CLI seeds: leave no trace
         monkeypatch.setenv(key, os.environ[key]) if key in os.environ else monkeypatch.delenv(key, raising=False)
     state = capture_rng_state()

@@ -170,7 +170,8 @@ class BucketBatched(IterableDataset):
                                             "weight 0 or remove it")
                         skipped += int(item.get(SKIPPED, 0))
                         names.extend(item.get(SKIPPED_NAMES, ()))
-                        pending.append((seq, list(item.get(UNITS_DONE, ()))))
+                        if item.get(UNITS_DONE):
+                            pending.append((seq, list(item[UNITS_DONE])))
                         height, width, frames = item["shape"]
                         home = assign(self.buckets, height, width, frames, pad=pad, allowed=self.active)
                         if home is None:
