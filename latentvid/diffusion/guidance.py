@@ -32,7 +32,7 @@ def _cat(a: Tensor | None, b: Tensor | None, key: str) -> Tensor | None:
 
 
 def classifier_free_guidance(
-    model: ModelFn, cond: Mapping[str, Tensor | None], uncond: Mapping[str, Tensor | None], scale: float
+    model: ModelFn, cond: Mapping[str, Tensor | None], uncond: Mapping[str, Tensor | None], scale: float | Tensor
 ) -> Denoiser:
     """Classifier-free guidance (Ho & Salimans, 2021) as a denoiser.
 
@@ -44,17 +44,19 @@ def classifier_free_guidance(
     Args:
         model: ``model(z, logsnr, **cond) -> x0_hat``.
         cond, uncond: keyword conditioning for the two branches (same keys; tensors (B, ...)).
-        scale: guidance weight w (1 = none; Imagen Video uses large values with clipping).
+        scale: guidance weight w (1 = none; Imagen Video uses large values with clipping), or a (B,)
+            tensor of one weight per sample (the targets of guidance distillation draw w per sample).
     """
     if set(cond) != set(uncond):
         raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
-    if scale == 1.0:
+    if not isinstance(scale, Tensor) and scale == 1.0:
         return lambda z, logsnr: model(z, logsnr, **cond)
     both = {k: _cat(cond[k], uncond[k], k) for k in cond}
 
     def denoise(z: Tensor, logsnr: Tensor) -> Tensor:
         x_c, x_u = model(torch.cat([z, z]), torch.cat([logsnr, logsnr]), **both).chunk(2)
-        return x_u + scale * (x_c - x_u)
+        w = scale.to(x_c).reshape(-1, *(1,) * (x_c.ndim - 1)) if isinstance(scale, Tensor) else scale  # (B, 1, ...)
+        return x_u + w * (x_c - x_u)
 
     return denoise
 

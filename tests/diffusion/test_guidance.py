@@ -54,3 +54,18 @@ def test_token_lengths_are_padded_and_keys_checked():
 def test_clip_denoised():
     d = clip_denoised(lambda z, l: z * 10, limit=1.0)
     assert d(torch.linspace(-1, 1, 9), torch.zeros(9)).abs().max() == 1.0
+
+
+def test_per_sample_scales():
+    # guidance distillation draws one weight per sample; row i must be the guided output at scales[i]
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 5, generator=g)
+    lam = torch.randn(3, generator=g)
+    cond = {"ctx": torch.randn(3, 4, 2, generator=g), "mask": torch.ones(3, 4, dtype=torch.bool)}
+    uncond = {"ctx": torch.randn(3, 4, 2, generator=g), "mask": torch.ones(3, 4, dtype=torch.bool)}
+    scales = torch.tensor([0.0, 1.0, 4.0])
+    m = CountingModel()
+    out = classifier_free_guidance(m, cond, uncond, scales)(z, lam)
+    assert m.calls == 1
+    for i, s in enumerate(scales.tolist()):
+        torch.testing.assert_close(out[i], classifier_free_guidance(m, cond, uncond, s)(z, lam)[i])
