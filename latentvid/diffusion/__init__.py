@@ -3,6 +3,13 @@
 from latentvid.diffusion.augmentation import ConditioningAugmentation, augment, draw_levels
 from latentvid.diffusion.discrete import DiscreteSchedule, discrete_betas, read_scheduler_config
 from latentvid.diffusion.guidance import classifier_free_guidance, clip_denoised
+from latentvid.diffusion.known_frames import (
+    KNOWN_FRAME_MODES,
+    frames_mask,
+    known_frames_denoiser,
+    reconstruction_error,
+    reconstruction_guided,
+)
 from latentvid.diffusion.parameterization import (
     TARGETS,
     diffuse,
