@@ -177,6 +177,7 @@ class SuperResolutionDiffusion(LatentDiffusion):
 
     kind = "SR"
     fps_factor = 1  # output frame rate / input frame rate
+    guidance_input = False  # True for a guidance-distilled stage: w is one more extra scalar (models.distillation)
 
     def __init__(
         self,
@@ -239,9 +240,10 @@ class SuperResolutionDiffusion(LatentDiffusion):
                             f"{self.cond_channels} conditioning channels = {want}")
         if self.unet.out_channels != 3:
             problems.append(f"unet.out_channels={self.unet.out_channels} but the stage predicts RGB (3)")
-        if self.unet.num_extra_conditions != 1:
-            problems.append(f"unet.num_extra_conditions={self.unet.num_extra_conditions} but the stage passes 1 "
-                            f"(the conditioning-augmentation logSNR)")
+        extras = 2 if self.guidance_input else 1
+        if self.unet.num_extra_conditions != extras:
+            problems.append(f"unet.num_extra_conditions={self.unet.num_extra_conditions} but the stage passes {extras} "
+                            f"(the conditioning-augmentation logSNR{', the guidance weight' if extras == 2 else ''})")
         if (self.text_encoder is None) != (self.unet.context_dim is None):
             problems.append("give both text_encoder and unet.context_dim, or neither (a stage without text)")
         elif self.text_encoder is not None and self.unet.context_dim != self.text_encoder.output_dim:
@@ -258,19 +260,26 @@ class SuperResolutionDiffusion(LatentDiffusion):
 
     def forward(self, z: Tensor, logsnr: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
                 fps: Tensor | None = None, frame_mask: Tensor | None = None, cond: Tensor | None = None,
-                aug_logsnr: Tensor | None = None) -> Tensor:
+                aug_logsnr: Tensor | None = None, guidance: Tensor | None = None) -> Tensor:
         """Network output (B, 3, T, H, W) for the noisy video z (B, 3, T, H, W), its logsnr (B,), the
-        conditioning ``cond`` (B, Cc, T, H, W) and its augmentation level ``aug_logsnr`` (B,)."""
+        conditioning ``cond`` (B, Cc, T, H, W) and its augmentation level ``aug_logsnr`` (B,); a
+        guidance-distilled stage (``guidance_input``) also takes its guidance weight ``guidance`` (B,)."""
         if cond is None or aug_logsnr is None:
             raise ValueError(f"{self.kind} stages need the low-resolution conditioning (cond) and its level (aug_logsnr)")
+        if (guidance is not None) != self.guidance_input:
+            what = "needs a" if self.guidance_input else "takes no"
+            raise ValueError(f"{type(self).__name__} {what} guidance weight (guidance=)")
         if cond.shape[0] != z.shape[0] or cond.shape[2:] != z.shape[2:]:
             raise ValueError(f"conditioning {tuple(cond.shape)} does not match the video {tuple(z.shape)} "
                              f"(B, C, T, H, W)")
         if self.unet.fps_embed is None:
             fps = None  # a stage built without fps conditioning ignores the clip's frame rate
         x = torch.cat([z, cond.to(z)], dim=1)  # (B, 3 + Cc, T, H, W)
+        extra = aug_logsnr.to(z)[:, None]  # (B, 1)
+        if guidance is not None:
+            extra = torch.cat([extra, guidance.to(z)[:, None]], dim=1)  # (B, 2)
         return self.unet(x, logsnr, context=context, context_mask=context_mask, fps=fps, frame_mask=frame_mask,
-                         extra=aug_logsnr.to(z)[:, None])
+                         extra=extra)
 
     def conditioning(self, batch: dict, z0: Tensor, mask: Tensor, generator: torch.Generator | None = None
                      ) -> tuple[Tensor, dict[str, Tensor]]:
