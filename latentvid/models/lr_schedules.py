@@ -27,3 +27,18 @@ def warmup_cosine_lambda(warmup_steps: int, total_steps: int, final_ratio: float
         return warm(step) * cosine
 
     return factor
+
+
+def rounds_lambda(warmup_steps: int, round_steps: int, rounds: int) -> Callable[[int], float]:
+    """Progressive distillation's schedule: ``rounds`` rounds of ``round_steps`` optimiser steps, each a
+    linear warm-up over ``warmup_steps`` then a linear fall to 0 at the round's end; steps past the last
+    round are counted in it (so the rate stays 0 there)."""
+    if round_steps < 1 or rounds < 1:
+        raise ValueError(f"need round_steps >= 1 and rounds >= 1, got {round_steps=} {rounds=}")
+    warm = warmup_lambda(warmup_steps)
+
+    def factor(step: int) -> float:
+        s = step - min(step // round_steps, rounds - 1) * round_steps  # the step within its round
+        return warm(s) * max(0.0, 1.0 - s / round_steps)
+
+    return factor
