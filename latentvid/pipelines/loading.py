@@ -48,6 +48,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: b
 
     ``ema``: the EMA weights when the checkpoint has them (EMAWeightAveraging stores the averaged
     weights as ``state_dict`` and the raw ones as ``current_model_state``); False for the raw ones.
+    A training module that trains another model (:class:`~latentvid.models.distillation.ProgressiveDistillation`)
+    says so with a ``load_sampling_model(ckpt, ema)`` class method, and that model is returned (a
+    distilled student, sampling in its own steps).
     Returns ``(model, checkpoint dict)``; raises FileNotFoundError / ValueError naming the file.
     """
     path = resolve_checkpoint(ckpt_path)
@@ -58,6 +61,8 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: b
         raise ValueError(f"{path} has no saved model config (was it written by tools/fit.py / latentvid fit?)")
     module, name = class_path.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
+    if hasattr(cls, "load_sampling_model"):
+        return cls.load_sampling_model(ckpt, ema=ema).to(device).eval(), ckpt
     model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     if not ema and "current_model_state" in ckpt:
         model.on_load_checkpoint(ckpt)  # refills weights left out because they reload from files
