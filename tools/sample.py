@@ -7,7 +7,9 @@
 The whole cascade (base -> SR stages, per-stage settings in the YAML, mp4 at the final frame rate):
     python tools/sample.py --cascade configs/cascade.yaml --prompt "a red circle moving left" --out out.mp4
 
-EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights).
+EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). A distillation
+checkpoint (configs/distill.yaml) samples its student in the student's own steps (``--steps`` defaults
+to them), one network pass per step: ``--guidance`` is then an input of the network, not a second pass.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, help="width in pixels (default: the training size)")
     p.add_argument("--fps", type=float,
                    help="frame rate to condition on and to write (default 8; with --cascade: the YAML's base fps)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the model's sample_steps)")
+    p.add_argument("--steps", type=int,
+                   help="sampler steps (default: the model's sample_steps; a distilled student's own count)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES,
                    help="sampler (default: the model's); dpmpp_2m and heun are second-order ODE solvers for few steps")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
