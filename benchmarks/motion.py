@@ -127,7 +127,7 @@ def build_model(args) -> torch.nn.Module:
         num_res_blocks=2, attention_levels=(0, 1) if latent else (1, 2), head_dim=32, context_dim=128,
         cross_attention=args.cond == "text" and args.cross_attention,
         text_pooling=args.text_pooling if args.cond == "text" else "mean",
-        fps_conditioning=True, norm_groups=16,
+        fps_conditioning=True, norm_groups=16, position_embedding=args.position_embedding,
     )
     first_stage = PretrainedCausalVAE(str(ROOT / "data/vae/shapes-vae.ckpt")) if latent else None
     return LatentDiffusion(unet=unet, text_encoder=text, first_stage=first_stage,
@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cond", choices=("text", "label"), default="text")
     p.add_argument("--text-pooling", choices=("none", "mean", "last"), default="none")
     p.add_argument("--no-cross-attention", dest="cross_attention", action="store_false")
+    p.add_argument("--position-embedding", choices=("none", "frame", "spacetime"), default="none",
+                   help="UNet3D(position_embedding=...): absolute frame (and row / column) indices")
     p.add_argument("--min-snr", type=float, default=5.0, help="Min-SNR gamma; <= 0 for the plain v loss")
     p.add_argument("--snr-floor", type=float, default=None,
                    help="lower clamp of the x0-space loss weight (LatentDiffusion.snr_floor)")

@@ -37,6 +37,8 @@ from latentvid.nn.layers import (
 
 LOGSNR_RANGE = (-20.0, 20.0)  # logSNR (and logSNR-like extra conditions) are clipped here before embedding
 FPS_RANGE = (0.0, 120.0)  # frames per second
+POSITION_RANGE = (0.0, 1000.0)  # frame / row / column indices: the sinusoids' native range, index k as step k
+POSITION_EMBEDDINGS = ("none", "frame", "spacetime")
 CHECKPOINTING = ("none", "block", "attention")
 """Gradient checkpointing granularities: none; every U-Net block (a ResBlock with its attention
 layers, or a down / up sampler); every attention and feed-forward layer alone."""
@@ -112,6 +114,16 @@ class UNet3D(nn.Module):
         temporal_conv: give the convolutions their identity-initialised temporal part; False makes
             every convolution purely spatial.
         max_temporal_distance: frame offset beyond which the relative position bias is shared.
+        position_embedding: add a learned embedding of each token's absolute position to the
+            features after the input convolution: ``"none"``, ``"frame"`` (the frame index) or
+            ``"spacetime"`` (frame, row and column). Without it the network tells frames apart only
+            by relative offsets (temporal attention) and the zero padding of the temporal
+            convolutions (symmetric at initialisation), and places things only through the zero
+            padding of its spatial convolutions. At high noise the input holds no trace of the
+            clip, so the best prediction is the caption's mean clip, which for a moving object
+            differs from frame to frame and across the frame; a network that cannot tell frames
+            apart gains nothing from a motion word there (README, "What the demo shows"). The
+            embeddings' output layers start at zero.
         fps_conditioning: add an embedding of the clip's frame rate when ``fps`` is given.
         num_extra_conditions: extra scalars per sample (e.g. the SR stages' conditioning-
             augmentation logSNR), embedded like logSNR (clipped to [-20, 20]).
@@ -149,6 +161,7 @@ class UNet3D(nn.Module):
         temporal_attention: bool = True,
         temporal_conv: bool = True,
         max_temporal_distance: int = 32,
+        position_embedding: str = "none",
         fps_conditioning: bool = True,
         num_extra_conditions: int = 0,
         dropout: float = 0.0,
@@ -170,6 +183,8 @@ class UNet3D(nn.Module):
             raise ValueError(f"num_extra_conditions must be >= 0, got {num_extra_conditions}")
         if ff_mult < 0:
             raise ValueError(f"ff_mult must be >= 0 (0 = no feed-forward layers), got {ff_mult}")
+        if position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {position_embedding!r}")
         if text_pooling not in TEXT_POOLING:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLING}, got {text_pooling!r}")
         if context_dim is None and text_pooling is not None:
@@ -200,6 +215,14 @@ class UNet3D(nn.Module):
             self.text_embed = nn.Sequential(nn.Linear(context_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             nn.init.zeros_(self.text_embed[-1].weight)  # starts as a network without the pooled path
             nn.init.zeros_(self.text_embed[-1].bias)
+
+        self.position_embedding = position_embedding
+        self.position_embed = nn.ModuleList()  # one per axis: frame (T), then row (H) and column (W)
+        for _ in range({"none": 0, "frame": 1, "spacetime": 3}[position_embedding]):
+            embed = ScalarEmbedding(model_channels, POSITION_RANGE, freq_dim=model_channels)
+            nn.init.zeros_(embed.mlp[-1].weight)  # starts as the network without positions
+            nn.init.zeros_(embed.mlp[-1].bias)
+            self.position_embed.append(embed)
 
         def res_block(c_in: int, c_out: int) -> ResBlock3D:
             return ResBlock3D(c_in, c_out, emb_dim, dropout, norm_groups, temporal_conv)
@@ -265,6 +288,16 @@ class UNet3D(nn.Module):
             return checkpoint(stage, x, *cond, use_reentrant=False)
         return stage(x, *cond, checkpoint_attention=mode == "attention")
 
+    def _positions(self, grid: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Sum of the per-axis position embeddings on a (T, H, W) grid -> (1, model_channels, T, H, W)."""
+        out = 0
+        for axis, embed in enumerate(self.position_embed):
+            index = torch.arange(grid[axis], device=device, dtype=torch.float32)  # (n,)
+            shape = [1, -1, 1, 1, 1]
+            shape[2 + axis] = grid[axis]
+            out = out + embed(index).to(dtype).T.reshape(shape)  # (1, C, n on this axis, 1, 1)
+        return out
+
     def forward(
         self,
         x: Tensor,
@@ -323,6 +356,8 @@ class UNet3D(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)  # (B, C, T, H, W), memory (B, T, H, W, C)
         h = conv_per_frame(self.input_conv, x)  # (B, model_channels, T, H, W)
+        if len(self.position_embed):
+            h = h + self._positions(x.shape[2:], h.dtype, h.device)
         skips = [h]
         for stage in self.down:
             h = self._run(stage, h, cond)
