@@ -193,6 +193,37 @@ def test_widened_sr_student_starts_as_the_teacher():
         student.denoise(z, lam, None, None, cond=cond, aug_logsnr=aug)
 
 
+@pytest.mark.parametrize("extras", [0, 1])
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_guidance_input_leaves_any_network_unchanged(kind, extras):
+    from latentvid.models.distillation import copy_with_guidance_input
+    from latentvid.nn.dit import DiT3D
+
+    def net(n):
+        torch.manual_seed(n)
+        if kind == "dit":
+            return DiT3D(in_channels=3, out_channels=3, dim=32, depth=1, head_dim=16, context_dim=None,
+                       num_extra_conditions=n).eval()
+        return UNet3D(in_channels=3, out_channels=3, context_dim=None, num_extra_conditions=n, **UNET).eval()
+
+    teacher, student = net(extras), net(extras + 1)
+    _randomise(teacher, 30)
+    _randomise(student, 31)  # whatever the student held before is overwritten or made inert
+    copy_with_guidance_input(teacher, student)
+    g = torch.Generator().manual_seed(9)
+    x, lam = torch.randn(2, 3, 2, 8, 8, generator=g), torch.tensor([-1.0, 2.0])
+    extra = torch.randn(2, extras, generator=g) if extras else None
+    with torch.no_grad():
+        ref = teacher(x, lam, fps=torch.full((2,), 8.0), extra=extra)
+        for w in (0.0, 4.0):
+            column = torch.full((2, 1), w)
+            out = student(x, lam, fps=torch.full((2,), 8.0),
+                          extra=column if extra is None else torch.cat([extra, column], 1))
+            torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="expected"):
+        copy_with_guidance_input(teacher, net(extras + 2))
+
+
 def test_student_samples_in_one_pass_per_step():
     _, student = _built(BASE, 20)
     calls = []
