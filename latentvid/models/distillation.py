@@ -373,7 +373,9 @@ class ProgressiveDistillation(LightningModule):
     def teacher_denoiser(self, context: Tensor | None, context_mask: Tensor | None, fps: Tensor | None,
                          frame_mask: Tensor, guidance: Tensor, extra: dict[str, Tensor]):
         """``denoise(z, logsnr) -> x0_hat`` of the current teacher at per-sample guidance weights (B,):
-        classifier-free guidance in the first round (one batched pass of 2B), w as an input after it."""
+        classifier-free guidance in the first round (one batched pass of 2B), w as an input after it.
+        Unclipped: ``clip_sample`` (and an SR stage's residual bounds) stay sampling-time choices,
+        which the student's own ``sample`` applies as the teacher's would."""
         t = self.teacher
         if isinstance(t, GuidanceDistilled):
             return lambda z, lam: t.denoise(z, lam, context, context_mask, fps, frame_mask, guidance=guidance, **extra)
