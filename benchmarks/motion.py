@@ -233,7 +233,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the results here (JSON)")
     p.add_argument("--save", type=Path, help="save the EMA U-Net's state dict here")
+    p.add_argument("--mean-clips", action="store_true",
+                   help="no training: what the direction word is worth at pure noise, per frame or not")
     args = p.parse_args(argv)
+    if args.mean_clips:
+        torch.set_num_threads(args.threads)
+        from latentvid.models.autoencoder import PretrainedCausalVAE
+
+        rows = mean_clip_errors(PretrainedCausalVAE(str(ROOT / "data/vae/shapes-vae.ckpt")), seed=args.seed)
+        for r in rows:
+            print(f"{r['direction']:>5s}: x0 error at pure noise (sum over the latent clip): caption's mean clip "
+                  f"{r['own']:.1f}, mean over all directions {r['any']:.1f}, caption's mean with one frame for "
+                  f"all frames {r['frame_blind']:.1f}", flush=True)
+        return {"mean_clips": rows}
     args.min_snr = args.min_snr if args.min_snr > 0 else None
     args.text_pooling = None if args.text_pooling == "none" else args.text_pooling
     torch.set_num_threads(args.threads)
@@ -288,9 +300,6 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-if __name__ == "__main__":
-    main()
-
 
 @torch.no_grad()
 def ideal_gap(first_stage, combos, n_ref: int = 2048, n_eval: int = 128, seed: int = 3) -> list[dict]:
@@ -327,3 +336,28 @@ def ideal_gap(first_stage, combos, n_ref: int = 2048, n_eval: int = 128, seed: i
                      "min_snr5_weight": float(snr_loss_weight(lam, "x0", 5.0)),
                      })
     return rows
+
+
+@torch.no_grad()
+def mean_clip_errors(first_stage, n: int = 256, seed: int = 3) -> list[dict]:
+    """At pure noise the ideal prediction is the caption's mean clip. Per direction of one colour and
+    shape, the x0 error (summed over the latent clip, averaged over ``n`` fresh clips) of: that
+    direction's mean clip, the mean over all directions, and the direction's mean averaged over
+    frames (the best a network can do if it gives every frame the same prediction)."""
+    rng = np.random.default_rng(seed)
+    latents = {d: first_stage.encode(torch.stack([from_uint8(render_clip("red", "circle", d, 9, 32, rng))
+                                                  for _ in range(n)]))
+               for d in DIRECTIONS}  # each (n, C, t, h, w)
+    mean_any = torch.cat(list(latents.values())).mean(0)
+    rows = []
+    for d, z in latents.items():
+        own = z.mean(0)  # (C, t, h, w)
+        blind = own.mean(1, keepdim=True).expand_as(own)  # one prediction for every frame
+        err = {name: float((z - m).pow(2).sum((1, 2, 3, 4)).mean())
+               for name, m in (("own", own), ("any", mean_any), ("frame_blind", blind))}
+        rows.append({"direction": d, **err})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -41,3 +41,14 @@ def test_ideal_denoiser_gap(load_script) -> None:
     # with almost no noise the posterior mean is the nearest reference clip whatever the word says
     assert abs(rows[-1]["removed_by_word"]) < 1e-6
     assert all(r["own direction"] <= r["any direction"] * 1.05 for r in rows)
+
+
+def test_mean_clip_errors_against_a_direct_count(load_script) -> None:
+    motion = load_script("benchmarks/motion.py", "latentvid_benchmark_motion")
+    from latentvid.nn.first_stage import IdentityFirstStage
+
+    rows = motion.mean_clip_errors(IdentityFirstStage(), n=8, seed=0)
+    assert [r["direction"] for r in rows] == list(motion.DIRECTIONS)
+    for r in rows:
+        # the caption's own mean is the best constant prediction of its clips, so it beats the others
+        assert r["own"] <= r["any"] and r["own"] <= r["frame_blind"]
