@@ -43,7 +43,7 @@ def test_ideal_denoiser_gap(load_script) -> None:
     assert all(r["own direction"] <= r["any direction"] * 1.05 for r in rows)
 
 
-def test_mean_clip_errors_against_a_direct_count(load_script) -> None:
+def test_the_captions_mean_clip_is_the_best_constant_prediction(load_script) -> None:
     motion = load_script("benchmarks/motion.py", "latentvid_benchmark_motion")
     from latentvid.nn.first_stage import IdentityFirstStage
 
