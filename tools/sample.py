@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt", action="append", default=[], help="caption to generate (repeatable)")
     p.add_argument("--prompts", help="text file with one caption per line")
     p.add_argument("--out", required=True, help="output .mp4 for one caption, or a directory for several")
+    p.add_argument("--grid", metavar="PNG",
+                   help="also write one picture with each caption's video as a row of its frames")
     p.add_argument("--frames", type=int, help="number of frames (default: the training clip length)")
     p.add_argument("--height", type=int, help="height in pixels (default: the training size)")
     p.add_argument("--width", type=int, help="width in pixels (default: the training size)")
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if not captions:
         sys.exit("sample.py: give at least one --prompt or a --prompts file")
     if args.cascade:
+        if args.grid:
+            sys.exit("sample.py: --grid works with --ckpt, not yet with --cascade")
         return run_cascade(args, captions)
     args.fps = 8.0 if args.fps is None else args.fps
     args.eta = 0.0 if args.eta is None else args.eta
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if shape is None:
         sys.exit("sample.py: the checkpoint does not record the clip shape; pass --frames, --height and --width")
     paths = write_samples(model, captions, shape, args.out, seed=args.seed, fps=args.fps, steps=args.steps,
-                          sampler=args.sampler, guidance=args.guidance, eta=args.eta)
+                          sampler=args.sampler, guidance=args.guidance, eta=args.eta, grid=args.grid)
     for path, caption in zip(paths, captions):
         print(f"{path}\t{caption}")
     return paths

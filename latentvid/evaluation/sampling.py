@@ -152,9 +152,12 @@ def write_samples(
     guidance: float | None = None,
     eta: float = 0.0,
     progress: bool = True,
+    grid: str | Path | None = None,
 ) -> list[Path]:
     """Sample one video per caption (caption i with seed ``seed + i``) and write it: ``out`` is the
-    file for one caption (``.mp4``), else a folder receiving ``NN_<caption>.mp4``. Returns the paths."""
+    file for one caption (``.mp4``), else a folder receiving ``NN_<caption>.mp4``. With ``grid``, also
+    a PNG there with each video as a row of frames (:func:`~latentvid.evaluation.figures.frame_grid`).
+    Returns the paths of the videos."""
     import torch
 
     from latentvid.data.video import to_uint8, write_video
@@ -162,7 +165,7 @@ def write_samples(
 
     out = Path(out)
     single = len(captions) == 1 and out.suffix == ".mp4"
-    paths = []
+    paths, videos = [], []
     for i, caption in enumerate(captions):
         g = torch.Generator(device=model.device).manual_seed(seed + i)
         video = model.sample([caption], *shape, fps=fps, steps=steps, sampler=sampler, guidance_scale=guidance,
@@ -170,4 +173,10 @@ def write_samples(
         path = out if single else out / f"{i:02d}_{slug(caption)}.mp4"
         write_video(path, to_uint8(video[0].float().cpu()), fps=fps)
         paths.append(path)
+        if grid is not None:
+            videos.append(video.cpu())
+    if grid is not None:
+        from latentvid.evaluation.figures import write_frame_grid
+
+        write_frame_grid(torch.cat(videos), grid)
     return paths

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import warnings
 
 import pytest
 import torch
 
+from latentvid.data.video import to_uint8
 from latentvid.evaluation.sampling import sample_batches, sample_seeded, sample_videos
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,3 +92,21 @@ def test_any_bucket_shape_samples(model, shape):
     assert video.shape == (1, 3, *shape) and torch.isfinite(video).all()
     with pytest.raises(ValueError, match="down-sampling factor = 2"):
         sample_seeded(model, CAPTIONS[:1], (4, 16, 15), [0], steps=1)
+
+
+def test_write_samples_grid_rows_are_the_written_videos(model, tmp_path):
+    from PIL import Image
+
+    from latentvid.evaluation.sampling import write_samples
+
+    paths = write_samples(model, CAPTIONS[:2], SHAPE, tmp_path / "out", seed=3, progress=False,
+                          grid=tmp_path / "grid.png")
+    image = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB"))
+    t, h, w = SHAPE
+    assert image.shape == (2 * (2 * h + 2) - 2, t * (2 * w + 2) - 2, 3)
+    for n in range(2):  # each row is caption n's video with its own seed (seed + n), frame by frame
+        expected = to_uint8(by_hand(model, CAPTIONS[n], 3 + n))
+        for k in range(t):
+            cell = image[n * (2 * h + 2):n * (2 * h + 2) + 2 * h:2, k * (2 * w + 2):k * (2 * w + 2) + 2 * w:2]
+            np.testing.assert_array_equal(cell, expected[k])
+    assert len(paths) == 2 and all(p.is_file() for p in paths)
