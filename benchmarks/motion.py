@@ -11,7 +11,8 @@ with the shapes probe. It prints one row per evaluation, then, for the final mod
   given step, and count how often the video still moves the first way.
 
 The variants are the diagnosis of README "What the demo shows" (issue "Text controls motion"):
-``--data directions`` (one colour and shape, four directions) or ``full`` (the shapes grammar with
+``--data directions`` (one colour and shape, four directions), ``colours`` (five colours of one
+shape, four directions) or ``full`` (the shapes grammar with
 its held-out combinations), ``--clips-per-combo`` (a fixed pool like data/shapes, or 0: fresh
 clips every step), ``--space latent|pixel``, ``--cond text|label`` (the caption through the random
 text tower, or the words as a one-hot class label in the time embedding, no tower),
@@ -81,6 +82,9 @@ def combos_for(data: str) -> tuple[list[tuple[str, str, str]], list[tuple[str, s
     """(training combos, evaluation combos) of a data variant."""
     if data == "directions":
         combos = [("red", "circle", d) for d in DIRECTIONS]
+        return combos, combos
+    if data == "colours":  # every colour, one shape: how direction learning scales with the contexts
+        combos = [(c, "circle", d) for c in COLOURS for d in DIRECTIONS]
         return combos, combos
     return training_combos(), list(HELD_OUT) + list(EVAL_TRAIN_COMBOS)
 
@@ -208,7 +212,8 @@ def decision_curve(model, combos, seeds: int, steps: int, num_frames: int, size:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="benchmark.py motion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=("directions", "full"), default="directions")
+    p.add_argument("--data", choices=("directions", "colours", "full"), default="directions",
+                   help="one colour and shape in four directions, five colours of one shape, or the full grammar")
     p.add_argument("--clips-per-combo", type=int, default=0, help="fixed pool size per combination; 0 = fresh clips")
     p.add_argument("--space", choices=("latent", "pixel"), default="latent")
     p.add_argument("--cond", choices=("text", "label"), default="text")
