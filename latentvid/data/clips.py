@@ -427,20 +427,25 @@ def probe_clip(source: Source, spec: ClipSpec, name: str | None = None,
             raise ClipError(f"{err}; PyAV fallback: {str(err2).removeprefix(f'{name}: ')}") from err2
 
 
+def _image_file(source: Source, name: str) -> io.BytesIO | str:
+    """What PIL opens for a still given as a path or bytes; a clear error for none or an empty one."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ClipError(f"{name}: empty file (0 bytes)")
+        return io.BytesIO(bytes(source))
+    file = os.fspath(source)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"image file not found: {file}")
+    return file
+
+
 def probe_image(source: Source, name: str | None = None) -> tuple[int, int]:
     """(height, width) of a still as :func:`load_image` sees it (EXIF orientation applied), from its
     header only."""
     from PIL import Image
 
     name = source_name(source, name)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise ClipError(f"{name}: empty file (0 bytes)")
-        file = io.BytesIO(bytes(source))
-    else:
-        file = os.fspath(source)
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"image file not found: {file}")
+    file = _image_file(source, name)
     try:
         with Image.open(file) as img:
             width, height = img.size
@@ -457,14 +462,7 @@ def load_image(source: Source, spec: ClipSpec, generator: torch.Generator | None
     from PIL import Image, ImageOps
 
     name = source_name(source, name)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise ClipError(f"{name}: empty file (0 bytes)")
-        file = io.BytesIO(bytes(source))
-    else:
-        file = os.fspath(source)
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"image file not found: {file}")
+    file = _image_file(source, name)
     try:
         with Image.open(file) as img:
             image = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
