@@ -216,7 +216,6 @@ class UNet3D(nn.Module):
             nn.init.zeros_(self.text_embed[-1].weight)  # starts as a network without the pooled path
             nn.init.zeros_(self.text_embed[-1].bias)
 
-        self.position_embedding = position_embedding
         self.position_embed = nn.ModuleList()  # one per axis: frame (T), then row (H) and column (W)
         for _ in range({"none": 0, "frame": 1, "spacetime": 3}[position_embedding]):
             embed = ScalarEmbedding(model_channels, POSITION_RANGE, freq_dim=model_channels)
@@ -289,7 +288,8 @@ class UNet3D(nn.Module):
         return stage(x, *cond, checkpoint_attention=mode == "attention")
 
     def _positions(self, grid: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Sum of the per-axis position embeddings on a (T, H, W) grid -> (1, model_channels, T, H, W)."""
+        """Sum of the per-axis position embeddings on a (T, H, W) grid, broadcastable to
+        (1, model_channels, T, H, W): (1, model_channels, T, 1, 1) for ``"frame"``."""
         out = 0
         for axis, embed in enumerate(self.position_embed):
             index = torch.arange(grid[axis], device=device, dtype=torch.float32)  # (n,)
