@@ -13,9 +13,10 @@ datamodule's ``check_sources()``, e.g. ``VideoTextDataModule``); clip lengths ag
 takes ``1 + k * factor`` frames); frame sizes against its spatial factor and the U-Net's
 down-sampling; every bucket of a bucketed data module likewise (one line listing the bad
 ones), and the factors its batch sizes were counted with; a pre-encoded latent folder against
-the model's first stage; the clip shape of sampling callbacks (``LogSampleVideos``,
-``SampleMetrics``) likewise, since they would otherwise fail at the first validation, after
-training time was spent.
+the model's first stage, and each latent shape stored in a bucketed one against the denoiser
+(channels, down-sampling; one line listing the bad shapes and their files); the clip shape of
+sampling callbacks (``LogSampleVideos``, ``SampleMetrics``) likewise, since they would otherwise
+fail at the first validation, after training time was spent.
 """
 
 from __future__ import annotations
@@ -126,6 +127,8 @@ def _check_latent_folder(datamodule: Any, first_stage: Any, unet: Any) -> list[s
         if have is not None and want is not None and int(have) != int(want):
             problems.append(f"data.root: the latents in {datamodule.root} have {key}={have} but the model's first "
                             f"stage has {attr}={want} (encode them with this first stage)")
+    if getattr(datamodule, "buckets", False):  # meta.json's size is only the reference clip: check what is stored
+        return problems + check_latent_shapes(datamodule.root, unet)
     down = getattr(unet, "downsample_factor", 1) or 1
     for key in ("height", "width"):
         side, sf = meta.get(key), meta.get("spatial_factor", 1)
@@ -133,6 +136,43 @@ def _check_latent_folder(datamodule: Any, first_stage: Any, unet: Any) -> list[s
             problems.append(f"data.root: latents of {int(side) // int(sf)} px ({key}) are not a multiple of the "
                             f"U-Net's down-sampling factor {down}")
     return problems
+
+
+def check_latent_shapes(root: str, unet: Any, shown: int = 3) -> list[str]:
+    """Problems of the latent shapes (C, t, h, w) stored in a bucketed latent folder for a denoiser
+    (U-Net or DiT): one line listing every shape whose C is not its ``in_channels``, whose h or w
+    is not a multiple of its ``downsample_factor`` or (a DiT) whose t is not a multiple of its
+    temporal patch size, each with its number of files and the first ``shown`` of them. Each shape
+    is a bucket, so one bad shape fails only at the first step that draws it, hours in."""
+    from latentvid.data.latents import latent_shape_paths
+
+    try:
+        shapes = latent_shape_paths(root)
+    except (OSError, ValueError) as err:
+        return [f"data.root: {err}"]
+    channels = getattr(unet, "in_channels", None)
+    down = getattr(unet, "downsample_factor", 1) or 1
+    patch = getattr(unet, "patch_size", None)
+    pt = int(patch[0]) if isinstance(patch, (tuple, list)) and len(patch) == 3 else 1
+    bad = []
+    for shape, paths in shapes.items():
+        if len(shape) != 4:
+            continue  # read_latent_index names a malformed row when the data is set up
+        c, t, h, w = shape
+        reasons = [f"C {c}"] if channels is not None and c != int(channels) else []
+        reasons += [f"t {t}"] if t % pt else []
+        reasons += [f"{name} {side}" for name, side in (("h", h), ("w", w)) if side % down]
+        if reasons:
+            files = f"{len(paths)} file{'s' if len(paths) != 1 else ''}: {', '.join(paths[:shown])}"
+            bad.append(f"{tuple(shape)} ({', '.join(reasons)}; {files}{', ...' if len(paths) > shown else ''})")
+    if not bad:
+        return []
+    need = [f"C = {channels}"] if channels is not None else []
+    need += [f"t a multiple of {pt}"] if pt > 1 else []
+    need.append(f"h and w multiples of {down}")
+    return [f"data.root: {len(bad)} of {len(shapes)} latent shapes in {root} do not fit the denoiser (in_channels "
+            f"{channels}, down-sampling {down}{f', temporal patch {pt}' if pt > 1 else ''}), which needs "
+            f"{', '.join(need)}: {'; '.join(bad)}"]
 
 
 def check_fit(model: Any, datamodule: Any, callbacks: list[Any], ckpt_path: str | None = None) -> list[str]:

@@ -1,6 +1,7 @@
 """Start-up checks of bucketed data (latentvid/preflight.py): every bucket's frames and sides against
 the first stage's factors and the U-Net's down-sampling, listed in one line; the factors the batch
-sizes were counted with against the first stage's; and the CLI stopping on them before any work."""
+sizes were counted with against the first stage's; every latent shape of a bucketed latent folder
+against the denoiser; and the CLI stopping on them before any work."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from latentvid.data.buckets import BucketSpec
 from latentvid.data.clips import ClipSpec
 from latentvid.data.folder import VideoFolder
+from latentvid.data.latents import LatentDataModule
 from latentvid.data.video import write_video
 from latentvid.data.video_text import VideoTextDataModule
 from latentvid.preflight import check_fit
@@ -88,3 +90,33 @@ def test_the_cli_stops_on_bad_buckets_before_any_work(folder: Path, tmp_path: Pa
     assert ("  - data.buckets: 1 of 3 buckets do not fit the first stage (spatial factor 1, temporal factor 1) and "
             "the U-Net (down-sampling 2), which need sides that are multiples of 2 px: 15x16x4 (height 15)\n") in err
     assert not (tmp_path / "run").exists()
+
+
+def latent_folder(root: Path, shapes: list[tuple[int, int, int, int]]) -> Path:
+    """A latent folder's meta.json and index.jsonl (the checks read no latent file)."""
+    root.mkdir()
+    meta = {"format": "latentvid-latents", "version": 1, "num_frames": 9, "height": 64, "width": 64,
+            "latent_channels": 4, "latent_frames": 3, "spatial_factor": 8, "temporal_factor": 4}
+    (root / "meta.json").write_text(json.dumps(meta))
+    rows = [{"key": f"z{i}", "path": f"latents/z{i}.pt", "caption": "c", "fps": 8.0, "latent_shape": list(shape),
+             "latent_mask": [True] * shape[1]} for i, shape in enumerate(shapes)]
+    (root / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_every_bad_latent_shape_is_listed_with_its_files(tmp_path: Path) -> None:
+    model = SimpleNamespace(first_stage=MODEL.first_stage, unet=SimpleNamespace(downsample_factor=2, in_channels=4))
+    shapes = [(4, 3, 8, 8)] * 2 + [(4, 3, 5, 8)] * 4 + [(8, 3, 8, 8)] + [(4, 5, 6, 4)] * 2
+    root = latent_folder(tmp_path / "z", shapes)
+    assert check_fit(model, LatentDataModule(root=str(root), buckets=True), []) == [
+        f"data.root: 2 of 4 latent shapes in {root} do not fit the denoiser (in_channels 4, down-sampling 2), which "
+        "needs C = 4, h and w multiples of 2: (4, 3, 5, 8) (h 5; 4 files: latents/z2.pt, latents/z3.pt, "
+        "latents/z4.pt, ...); (8, 3, 8, 8) (C 8; 1 file: latents/z6.pt)"]
+    # a DiT's temporal patch: t must be a multiple of it
+    dit = SimpleNamespace(first_stage=MODEL.first_stage,
+                          unet=SimpleNamespace(downsample_factor=2, in_channels=4, patch_size=(2, 2, 2)))
+    good = latent_folder(tmp_path / "good", [(4, 4, 8, 8), (4, 2, 6, 4), (4, 3, 8, 8)])
+    assert check_fit(dit, LatentDataModule(root=str(good), buckets=True), []) == [
+        f"data.root: 1 of 3 latent shapes in {good} do not fit the denoiser (in_channels 4, down-sampling 2, temporal "
+        "patch 2), which needs C = 4, t a multiple of 2, h and w multiples of 2: (4, 3, 8, 8) (t 3; 1 file: "
+        "latents/z2.pt)"]

@@ -81,6 +81,23 @@ def read_latent_index(root: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def latent_shape_paths(root: str | os.PathLike) -> dict[tuple[int, ...], list[str]]:
+    """The stored latent shapes (C, t, h, w) of ``root/index.jsonl`` and the ``path`` of every
+    sample of each, in index order; reads the index only (no latent file is opened or stat'ed), so
+    start-up checks can afford it on a large folder. Rows without a readable ``latent_shape`` are
+    left out: :func:`read_latent_index` names them when the data is set up."""
+    path = Path(root) / INDEX_FILE
+    shapes: dict[tuple[int, ...], list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+            shape = tuple(int(v) for v in row["latent_shape"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        shapes.setdefault(shape, []).append(str(row.get("path", row.get("key", "?"))))
+    return shapes
+
+
 class LatentDataset(Dataset):
     """Pre-encoded samples of one latent folder (see the module docstring for the layout).
 
