@@ -6,6 +6,13 @@
         --index heldout.jsonl --out data/shapes-latents-val          # held-out clips for validation
     python tools/encode_latents.py --vae /models/sd-vae-ft-mse --data data/shapes --out data/shapes-sd
 
+With a data config instead of a folder (``--data configs/bucket-data.yaml``: a
+``VideoTextDataModule`` with ``buckets:``), each clip is read from the config's sources (folder or
+shards, videos and stills) at the shape of its bucket, chosen by the same
+:func:`~latentvid.data.buckets.assign` as training from the clip's size and length, with the
+config's ``clip`` (centred start and crop); the folder then holds one latent shape per bucket and
+trains with ``LatentDataModule(buckets=True)``. ``--frames`` and ``--size`` do not apply there.
+
 ``--vae`` is an ``AutoencoderModule`` checkpoint (``configs/vae.yaml``) or a local diffusers folder
 holding an ``AutoencoderKL`` (per-frame, Stable Diffusion style) or ``AutoencoderKLCogVideoX``
 (its ``config.json`` directly or in a ``vae/`` subfolder). ``--data`` is a folder in the shapes
@@ -40,7 +47,8 @@ DEFAULT_INDEXES = ("videos.jsonl", "images.jsonl")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vae", required=True, help="AutoencoderModule checkpoint (.ckpt) or local diffusers VAE folder")
-    p.add_argument("--data", required=True, help="data folder with JSONL indexes (shapes layout)")
+    p.add_argument("--data", required=True,
+                   help="data folder with JSONL indexes (shapes layout), or a data config (.yaml) with buckets:")
     p.add_argument("--out", required=True, help="output folder for latents/, index.jsonl and meta.json")
     p.add_argument("--index", action="append", default=None,
                    help=f"index file(s) in --data to encode (repeatable; default: those of {list(DEFAULT_INDEXES)} "
@@ -159,11 +167,36 @@ def open_datasets(data: Path, indexes: list[str], frames: int, size: int | None)
     return sets
 
 
+def start_out(out: Path, meta: dict[str, Any], data: Path | None, overwrite: bool) -> None:
+    """Write ``out/meta.json`` (and the data folder's ``eval_prompts.txt``): a folder made with
+    other settings is an error without ``overwrite`` and emptied with it; one made with the same
+    settings keeps its samples (resume) and remembers the indexes of both runs."""
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        differ = {k: (old.get(k), v) for k, v in meta.items() if k != "indexes" and old.get(k) != v}
+        if differ and not overwrite:
+            raise ValueError(f"{out} holds latents made with other settings {differ} (found, requested); "
+                             f"pass --overwrite or choose another --out")
+        if differ:  # start over
+            shutil.rmtree(out / "latents", ignore_errors=True)
+            (out / "index.jsonl").unlink(missing_ok=True)
+        else:  # adding indexes to a folder: remember all of them
+            meta["indexes"] = [*old.get("indexes", []),
+                               *(n for n in meta["indexes"] if n not in old.get("indexes", []))]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    prompts = data / "eval_prompts.txt" if data is not None else None
+    if prompts is not None and prompts.is_file():
+        atomic_write_text(out / "eval_prompts.txt", prompts.read_text(encoding="utf-8"))
+
+
 # ---- the command -----------------------------------------------------------------------------------
 
 
 def encode_folder(args: argparse.Namespace) -> dict[str, Any]:
-    """Encode every not-yet-encoded sample of ``args.data``; returns a summary dict."""
+    """Encode every not-yet-encoded sample of ``args.data`` (a data config: :func:`encode_buckets`);
+    returns a summary dict."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
@@ -171,6 +204,8 @@ def encode_folder(args: argparse.Namespace) -> dict[str, Any]:
     from latentvid.data.datasets import ImageTextDataset
 
     data, out = Path(args.data), Path(args.out)
+    if data.is_file() and data.suffix in (".yaml", ".yml"):
+        return encode_buckets(args)
     if not data.is_dir():
         raise FileNotFoundError(f"--data {data} is not a folder")
     if args.batch_size < 1:
@@ -197,23 +232,7 @@ def encode_folder(args: argparse.Namespace) -> dict[str, Any]:
         "temporal_factor": stage.temporal_factor, "dtype": "float32",
     }
 
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        differ = {k: (old.get(k), v) for k, v in meta.items() if k != "indexes" and old.get(k) != v}
-        if differ and not args.overwrite:
-            raise ValueError(f"{out} holds latents made with other settings {differ} (found, requested); "
-                             f"pass --overwrite or choose another --out")
-        if differ:  # start over
-            shutil.rmtree(out / "latents", ignore_errors=True)
-            (out / "index.jsonl").unlink(missing_ok=True)
-        else:  # adding indexes to a folder: remember all of them
-            meta["indexes"] = [*old.get("indexes", []), *(n for n in indexes if n not in old.get("indexes", []))]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
-    prompts = data / "eval_prompts.txt"
-    if prompts.is_file():
-        atomic_write_text(out / "eval_prompts.txt", prompts.read_text(encoding="utf-8"))
+    start_out(out, meta, data, args.overwrite)
 
     done = read_existing(out)
     seen: dict[str, str] = {}
@@ -261,12 +280,162 @@ def encode_folder(args: argparse.Namespace) -> dict[str, Any]:
     return {"encoded": total, "skipped": skipped, "samples": len(rows), "out": str(out), **meta}
 
 
+def load_data_config(path: Path) -> Any:
+    """The data module a data config (``configs/bucket-data.yaml``'s layout) builds, as the CLI builds it."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    try:
+        config = parser.parse_args(["--data", str(path)])
+    except Exception as err:  # jsonargparse's ArgumentError, with the key that does not parse
+        raise ValueError(f"--data {path}: not a data config ({str(err).splitlines()[0][:300]})") from err
+    return parser.instantiate_classes(config).data
+
+
+def known_key(source: Any, raw: Any) -> str | None:
+    """A folder source's key of a raw sample (its index row's), without decoding it; None for shards."""
+    rows = getattr(source, "rows", None)
+    return rows[raw.data].key if isinstance(rows, list) and isinstance(raw.data, int) else None
+
+
+def encode_buckets(args: argparse.Namespace) -> dict[str, Any]:
+    """Encode the samples of a bucketed data config, each at its bucket's shape; returns a summary dict."""
+    import torch
+    from tqdm import tqdm
+
+    from latentvid.data.bucket_batches import bucket_clip
+    from latentvid.data.buckets import assign
+    from latentvid.data.clips import ClipError
+    from latentvid.data.sources import SampleError
+
+    config, out = Path(args.data), Path(args.out)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.frames is not None or args.size is not None or args.index is not None:
+        raise ValueError(f"--data {config} is a data config: its clip and buckets set the shapes and its sources "
+                         "the samples; drop --frames, --size and --index")
+    dm = load_data_config(config)
+    buckets = getattr(dm, "bucket_list", None)
+    if not buckets:
+        raise ValueError(f"--data {config}: the data config has no buckets: (or reads pre-encoded latents); to "
+                         "encode every clip at one size give the data folder as --data")
+    clip = dm.clip.deterministic()  # the same latents on every run: centred start and crop
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    stage = load_first_stage(args.vae).to(device)
+    sf, bad = stage.spatial_factor, []
+    for b in buckets:
+        reasons = [f"{name} {side}" for name, side in (("height", b.height), ("width", b.width)) if side % sf]
+        try:
+            stage.latent_frames(b.frames)
+        except ValueError:
+            reasons.append(f"frames {b.frames}")
+        if reasons:
+            bad.append(f"{b.name} ({', '.join(reasons)})")
+    if bad:
+        raise ValueError(f"--data {config}: buckets that do not fit the VAE (spatial factor {sf}, temporal factor "
+                         f"{stage.temporal_factor}): {'; '.join(bad)}")
+    sources = [(label, source) for label, source in (("video", dm.video), ("images", dm.images)) if source is not None]
+    height, width = clip.hw
+    meta = {
+        "format": "latentvid-latents", "version": 1, "vae": str(Path(args.vae).expanduser().resolve()),
+        "first_stage": type(stage).__name__, "data": str(config.resolve()),
+        "indexes": [source.describe() for _, source in sources],
+        # the reference clip: LatentDataModule(buckets=True) sizes each bucket's batch by its tokens
+        "num_frames": clip.num_frames, "height": height, "width": width, "latent_channels": stage.latent_channels,
+        "latent_frames": stage.latent_frames(clip.num_frames), "spatial_factor": sf,
+        "temporal_factor": stage.temporal_factor, "dtype": "float32",
+        "buckets": [b.name for b in buckets],
+    }
+    root = getattr(dm.video, "root", None)
+    start_out(out, meta, Path(root) if root else None, args.overwrite)
+
+    done = read_existing(out)
+    rows = dict(done)
+    index_path = out / "index.jsonl"
+    waiting: list[list[tuple[dict, str, bool]]] = [[] for _ in buckets]  # per bucket: (item, source, still)
+    counts = {"encoded": 0, "skipped": 0, "failed": 0}
+
+    def flush(k: int) -> None:
+        """Encode bucket ``k``'s waiting clips (one shape: they stack) and write them."""
+        items, waiting[k] = waiting[k], []
+        video = torch.stack([item["video"] for item, _, _ in items])  # (B, 3, T_k, H_k, W_k)
+        frame_mask = torch.stack([item["frame_mask"] for item, _, _ in items])  # (B, T_k)
+        with torch.no_grad():
+            latents = stage.encode(video.to(device)).float().cpu()  # (B, C, t_k, h_k, w_k), posterior mean
+        lmask = stage.latent_mask(frame_mask)  # (B, t_k)
+        for j, (item, name, still) in enumerate(items):
+            key, rel = item["key"], f"latents/{file_name(item['key'])}.pt"
+            z = latents[j].clone()  # (C, t, h, w); clone so the file holds this sample only
+            atomic_write_bytes(out / rel, lambda tmp, z=z: torch.save(z, tmp))
+            rows[key] = {
+                "key": key, "path": rel, "caption": item["caption"], "fps": float(item["fps"]),
+                "num_frames": int(frame_mask[j].sum()), "latent_shape": list(z.shape),
+                "frame_mask": frame_mask[j].tolist(), "latent_mask": lmask[j].tolist(), "image": still,
+                "source": name, "bucket": buckets[k].name,
+            }
+        atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
+        counts["encoded"] += len(items)
+        bar.update(len(items))
+
+    bar = tqdm(desc="encode", unit="clip")
+    seen: dict[str, str] = {}
+    for label, source in sources:
+        still, name = source.kind == "image", source.describe()
+        for unit in range(source.num_units()):
+            try:
+                for raw in source.read_unit(unit, epoch=0, seed=0, shuffle=False):
+                    if known_key(source, raw) in done:  # resuming: a folder row's key is known before decoding
+                        counts["skipped"] += 1
+                        continue
+                    try:
+                        src_h, src_w, frames = source.measure(raw, clip)
+                        k = assign(buckets, src_h, src_w, frames, pad=clip.short == "pad")
+                        if k is None:  # short: skip, as in training
+                            print(f"skipping {raw.name}: too short for every bucket ({frames} frames)", file=sys.stderr)
+                            counts["failed"] += 1
+                            continue
+                        item = source.decode(raw, bucket_clip(clip, buckets[k]))
+                    except (SampleError, ClipError, FileNotFoundError) as err:
+                        print(f"skipping {err}", file=sys.stderr)
+                        counts["failed"] += 1
+                        continue
+                    key = item["key"]
+                    if key in seen:
+                        raise ValueError(f"duplicate key {key!r} in {name} (also in {seen[key]})")
+                    seen[key] = name
+                    if key in done:
+                        counts["skipped"] += 1
+                        continue
+                    waiting[k].append((item, label, still))
+                    if len(waiting[k]) == args.batch_size:
+                        flush(k)
+            except SampleError as err:  # an unreadable shard: the rest of the data still encodes
+                print(f"skipping {err}", file=sys.stderr)
+    for k in range(len(buckets)):
+        if waiting[k]:
+            flush(k)
+    bar.close()
+    if not index_path.is_file():  # nothing to encode and no index yet
+        atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
+    per_bucket = {b.name: 0 for b in buckets}
+    for row in rows.values():
+        per_bucket[row.get("bucket", "?")] = per_bucket.get(row.get("bucket", "?"), 0) + 1
+    return {**counts, "samples": len(rows), "out": str(out), **meta, "per_bucket": per_bucket}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     try:
         summary = encode_folder(args)
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f"encode_latents.py: {exc}")
+    if "per_bucket" in summary:
+        print(f"{summary['out']}: {summary['samples']} samples ({summary['encoded']} encoded now, "
+              f"{summary['skipped']} already there, {summary['failed']} unreadable or too short); per bucket: "
+              f"{', '.join(f'{name} {n}' for name, n in summary['per_bucket'].items())}")
+        return summary
     print(f"{summary['out']}: {summary['samples']} samples ({summary['encoded']} encoded now, "
           f"{summary['skipped']} already there); latents {summary['latent_channels']} x {summary['latent_frames']} x "
           f"{summary['height'] // summary['spatial_factor']} x {summary['width'] // summary['spatial_factor']}")

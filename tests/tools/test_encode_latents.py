@@ -1,4 +1,5 @@
-"""tools/encode_latents.py: encode a tiny shapes folder, compare with the VAE, resume, adapters."""
+"""tools/encode_latents.py: encode a tiny shapes folder, compare with the VAE, resume, adapters; a
+bucketed data config: each clip at its bucket's shape, trained by LatentDataModule(buckets=True)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,70 @@ def test_diffusers_image_vae_folder(data: Path, tmp_path: Path) -> None:
     expected = DiffusersImageVAE(str(tmp_path / "sd")).encode(item["video"][None])[0]
     torch.testing.assert_close(torch.load(out / row["path"], weights_only=True), expected, rtol=1e-5, atol=1e-5)
     assert row["latent_shape"] == [4, T, SIZE // 2, SIZE // 2]
+
+
+# ---- a bucketed data config -------------------------------------------------------------------------
+
+
+def test_bucketed_config_encodes_each_clip_at_its_bucket_s_shape(vae_ckpt, tmp_path: Path) -> None:
+    import numpy as np
+
+    from latentvid.data.bucket_batches import bucket_clip
+    from latentvid.data.buckets import assign
+    from latentvid.data.latents import LatentDataModule
+    from latentvid.data.sources import Raw
+    from latentvid.data.video import write_video
+
+    ckpt, vae = vae_ckpt  # spatial factor 2, temporal factor 2
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shapes, rows = {}, []
+    for i, ((h, w), n) in enumerate([(hw, n) for n in (3, 5, 9) for hw in ((36, 64), (64, 36), (48, 48))]):
+        frames = np.random.default_rng(i).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+        write_video(folder / f"v{i}.mp4", frames, fps=8)
+        rows.append({"path": f"v{i}.mp4", "caption": f"clip {i}", "key": f"v{i}"})
+        shapes[f"v{i}"] = (h, w, n)
+    (folder / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = {"class_path": "latentvid.data.video_text.VideoTextDataModule",
+            "init_args": {"video": {"class_path": "latentvid.data.folder.VideoFolder",
+                                    "init_args": {"root": str(folder), "index": "index.jsonl", "key_column": "key"}},
+                          "clip": {"num_frames": 5, "size": 16, "fps": 8}, "batch_size": 2, "num_workers": 0,
+                          "buckets": {"sizes": [16], "aspect_ratios": ["1:1", "16:9", "9:16"], "frames": [3, 5],
+                                      "multiple": 4, "spatial_factor": 2, "temporal_factor": 2}}}
+    config = tmp_path / "data.yaml"
+    config.write_text(json.dumps(data))  # JSON is YAML
+    out = tmp_path / "latents"
+    args = ["--vae", str(ckpt), "--data", str(config), "--out", str(out), "--batch-size", "2", "--device", "cpu"]
+    summary = encode_latents.main(args)
+    dm = encode_latents.load_data_config(config)
+    buckets = dm.bucket_list
+    assert [b.name for b in buckets] == ["16x16x3", "16x16x5", "12x20x3", "12x20x5", "20x12x3", "20x12x5"]
+    assert summary["encoded"] == summary["samples"] == 9 and set(summary["per_bucket"].values()) == {1, 2}
+
+    # each clip's latents have its bucket's shape and are the VAE's of the clip read at that shape
+    index = {r["key"]: r for r in _index(out)}
+    for key, (h, w, n) in shapes.items():
+        b = buckets[assign(buckets, h, w, n)]
+        assert index[key]["bucket"] == b.name and b.frames == min(n, 5)
+        assert index[key]["latent_shape"] == [4, 1 + (b.frames - 1) // 2, b.height // 2, b.width // 2], key
+    key = "v7"  # 64 x 36, 9 frames: 20 x 12 x 5
+    item = dm.video.decode(Raw("v7", 7), bucket_clip(dm.clip.deterministic(), buckets[5]))
+    with torch.no_grad():
+        expected = vae.encode(item["video"][None])[0]
+    torch.testing.assert_close(torch.load(out / index[key]["path"], weights_only=True), expected, rtol=1e-5,
+                               atol=1e-5)
+    assert encode_latents.main(args)["encoded"] == 0  # resumes: nothing left to encode
+
+    # LatentDataModule(buckets=True) trains on it: one stored shape per batch, every shape drawn
+    latents = LatentDataModule(root=str(out), batch_size=2, buckets=True)
+    batches = list(latents.train_dataloader())
+    stored = {tuple(r["latent_shape"]) for r in index.values()}
+    assert len(stored) == 6 and {tuple(b["latents"].shape[1:]) for b in batches} == stored
+    for batch in batches:
+        assert {tuple(index[k]["latent_shape"]) for k in batch["key"]} == {tuple(batch["latents"].shape[1:])}
+
+    # without buckets the config has nothing to say; the folder is how to encode at one size
+    del data["init_args"]["buckets"]
+    config.write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match=r"has no buckets: .* give the data folder as --data"):
+        encode_latents.main(["--vae", str(ckpt), "--data", str(config), "--out", str(tmp_path / "other")])
