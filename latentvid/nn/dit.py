@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from latentvid.nn.attention import MultiHeadAttention, attention, check_backend, num_heads
-from latentvid.nn.layers import ScalarEmbedding
+from latentvid.nn.layers import PositionEmbedding, ScalarEmbedding
 from latentvid.nn.unet3d import FPS_RANGE, LOGSNR_RANGE, check_denoiser_inputs
 
 ATTENTION_MODES = ("full", "factorized")
@@ -227,6 +227,11 @@ class DiT3D(nn.Module):
         fps_conditioning: add an fps embedding to the conditioning vector.
         num_extra_conditions: extra scalar conditions (B, n) (e.g. an SR stage's augmentation level).
         rope_theta: RoPE base period.
+        position_embedding: also add learned embeddings of each token's absolute patch position,
+            ``"none"`` (RoPE's relative positions only), ``"frame"`` or ``"spacetime"``
+            (:class:`~latentvid.nn.layers.PositionEmbedding`, zero at initialisation): at high noise
+            the caption's mean clip differs from frame to frame, which relative positions alone
+            express only through the sequence's edges (README, "What the demo shows").
         gradient_checkpointing: recompute each block in the backward pass (training only); True or
             ``"block"`` (the U-Net's names; ``"attention"`` is treated as ``"block"`` here).
         attention_backend: ``"auto"`` or one of ``latentvid.nn.attention.BACKENDS``.
@@ -246,6 +251,7 @@ class DiT3D(nn.Module):
         fps_conditioning: bool = True,
         num_extra_conditions: int = 0,
         rope_theta: float = 10000.0,
+        position_embedding: str = "none",
         gradient_checkpointing: bool | str = False,
         attention_backend: str = "auto",
     ) -> None:
@@ -270,6 +276,7 @@ class DiT3D(nn.Module):
         patch_numel = patch_size[0] * patch_size[1] * patch_size[2]
         cond_dim = dim
         self.patch_embed = nn.Linear(in_channels * patch_numel, dim)
+        self.position_embed = PositionEmbedding(dim, position_embedding)
         self.logsnr_embed = ScalarEmbedding(cond_dim, LOGSNR_RANGE, freq_dim=256)
         self.fps_embed = ScalarEmbedding(cond_dim, FPS_RANGE, freq_dim=256) if fps_conditioning else None
         self.extra_embed = None
@@ -329,6 +336,9 @@ class DiT3D(nn.Module):
             cond = cond + self.extra_embed(extra)
         cond = F.silu(cond)
         tokens = self.patch_embed(patchify(x, self.patch_size).to(self.patch_embed.weight.dtype))  # (B, N, D)
+        if len(self.position_embed.axes):
+            pos = self.position_embed(grid, tokens.dtype, tokens.device).expand(1, -1, *grid)  # (1, D, T', H', W')
+            tokens = tokens + pos.flatten(2).transpose(1, 2)  # (1, N, D) in patchify's (t, h, w) order
         angles = rope_angles(grid, self.head_dim, self.rope_theta, device=x.device)  # (N, head_dim/2)
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:

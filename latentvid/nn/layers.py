@@ -281,6 +281,46 @@ class ScalarEmbedding(nn.Module):
         return self.mlp(freqs.to(self.mlp[0].weight.dtype))
 
 
+POSITION_EMBEDDINGS = ("none", "frame", "spacetime")
+
+
+class PositionEmbedding(nn.Module):
+    """Learned embeddings of absolute positions on a (T, H, W) grid, summed over axes.
+
+    ``"frame"`` embeds the frame index only, ``"spacetime"`` also the row and the column, ``"none"``
+    nothing. Each axis maps its index through a :class:`ScalarEmbedding` (sinusoids, index k as
+    step k, then an MLP) whose output layer starts at zero, so a network gaining this module starts
+    as the network without it.
+
+    Args:
+        dim: width of the embedding (the features it is added to).
+        mode: one of :data:`POSITION_EMBEDDINGS`.
+        freq_dim: sinusoid width per axis.
+    """
+
+    def __init__(self, dim: int, mode: str = "frame", freq_dim: int = 64) -> None:
+        super().__init__()
+        if mode not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {mode!r}")
+        self.axes = nn.ModuleList()  # frame (T), then row (H) and column (W)
+        for _ in range({"none": 0, "frame": 1, "spacetime": 3}[mode]):
+            embed = ScalarEmbedding(dim, (0.0, 1000.0), freq_dim=freq_dim)
+            nn.init.zeros_(embed.mlp[-1].weight)
+            nn.init.zeros_(embed.mlp[-1].bias)
+            self.axes.append(embed)
+
+    def forward(self, grid: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """Grid (T, H, W) -> embedding broadcastable to (1, dim, T, H, W): (1, dim, T, 1, 1) for
+        ``"frame"``; 0 for ``"none"``."""
+        out = 0
+        for axis, embed in enumerate(self.axes):
+            index = torch.arange(grid[axis], device=device, dtype=torch.float32)  # (n,)
+            shape = [1, -1, 1, 1, 1]
+            shape[2 + axis] = grid[axis]
+            out = out + embed(index).to(dtype).T.reshape(shape)  # (1, dim, n on this axis, 1, 1)
+        return out
+
+
 class Downsample(nn.Module):
     """Spatial x1/2 by a stride-2 1x3x3 convolution; frames are untouched.
 

@@ -29,6 +29,7 @@ from latentvid.nn.layers import (
     Downsample,
     FeedForward,
     FrameGroupNorm,
+    PositionEmbedding,
     ResBlock3D,
     ScalarEmbedding,
     Upsample,
@@ -37,8 +38,6 @@ from latentvid.nn.layers import (
 
 LOGSNR_RANGE = (-20.0, 20.0)  # logSNR (and logSNR-like extra conditions) are clipped here before embedding
 FPS_RANGE = (0.0, 120.0)  # frames per second
-POSITION_RANGE = (0.0, 1000.0)  # frame / row / column indices: the sinusoids' native range, index k as step k
-POSITION_EMBEDDINGS = ("none", "frame", "spacetime")
 CHECKPOINTING = ("none", "block", "attention")
 """Gradient checkpointing granularities: none; every U-Net block (a ResBlock with its attention
 layers, or a down / up sampler); every attention and feed-forward layer alone."""
@@ -183,8 +182,6 @@ class UNet3D(nn.Module):
             raise ValueError(f"num_extra_conditions must be >= 0, got {num_extra_conditions}")
         if ff_mult < 0:
             raise ValueError(f"ff_mult must be >= 0 (0 = no feed-forward layers), got {ff_mult}")
-        if position_embedding not in POSITION_EMBEDDINGS:
-            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {position_embedding!r}")
         if text_pooling not in TEXT_POOLING:
             raise ValueError(f"text_pooling must be one of {TEXT_POOLING}, got {text_pooling!r}")
         if context_dim is None and text_pooling is not None:
@@ -216,12 +213,7 @@ class UNet3D(nn.Module):
             nn.init.zeros_(self.text_embed[-1].weight)  # starts as a network without the pooled path
             nn.init.zeros_(self.text_embed[-1].bias)
 
-        self.position_embed = nn.ModuleList()  # one per axis: frame (T), then row (H) and column (W)
-        for _ in range({"none": 0, "frame": 1, "spacetime": 3}[position_embedding]):
-            embed = ScalarEmbedding(model_channels, POSITION_RANGE, freq_dim=model_channels)
-            nn.init.zeros_(embed.mlp[-1].weight)  # starts as the network without positions
-            nn.init.zeros_(embed.mlp[-1].bias)
-            self.position_embed.append(embed)
+        self.position_embed = PositionEmbedding(model_channels, position_embedding, freq_dim=model_channels)
 
         def res_block(c_in: int, c_out: int) -> ResBlock3D:
             return ResBlock3D(c_in, c_out, emb_dim, dropout, norm_groups, temporal_conv)
@@ -287,17 +279,6 @@ class UNet3D(nn.Module):
             return checkpoint(stage, x, *cond, use_reentrant=False)
         return stage(x, *cond, checkpoint_attention=mode == "attention")
 
-    def _positions(self, grid: tuple[int, int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """Sum of the per-axis position embeddings on a (T, H, W) grid, broadcastable to
-        (1, model_channels, T, H, W): (1, model_channels, T, 1, 1) for ``"frame"``."""
-        out = 0
-        for axis, embed in enumerate(self.position_embed):
-            index = torch.arange(grid[axis], device=device, dtype=torch.float32)  # (n,)
-            shape = [1, -1, 1, 1, 1]
-            shape[2 + axis] = grid[axis]
-            out = out + embed(index).to(dtype).T.reshape(shape)  # (1, C, n on this axis, 1, 1)
-        return out
-
     def forward(
         self,
         x: Tensor,
@@ -356,8 +337,8 @@ class UNet3D(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)  # (B, C, T, H, W), memory (B, T, H, W, C)
         h = conv_per_frame(self.input_conv, x)  # (B, model_channels, T, H, W)
-        if len(self.position_embed):
-            h = h + self._positions(x.shape[2:], h.dtype, h.device)
+        if len(self.position_embed.axes):
+            h = h + self.position_embed(x.shape[2:], h.dtype, h.device)
         skips = [h]
         for stage in self.down:
             h = self._run(stage, h, cond)

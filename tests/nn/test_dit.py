@@ -177,3 +177,26 @@ def test_latent_diffusion_trains_a_step_with_the_dit():
     assert not torch.equal(before["out_proj.weight"], net.state_dict()["out_proj.weight"])
     video = model.eval().sample(["a red circle moving left"], 4, 8, 8, generator=torch.Generator().manual_seed(0))
     assert video.shape == (1, 3, 4, 8, 8) and torch.isfinite(video).all()
+
+
+def test_position_embedding_starts_as_the_dit_without_it_and_then_marks_absolute_positions():
+    from latentvid.nn.dit import DiT3D
+
+    torch.manual_seed(0)
+    kwargs = dict(in_channels=2, out_channels=2, patch_size=(1, 2, 2), dim=32, depth=1, head_dim=8, context_dim=None,
+                  fps_conditioning=False)
+    plain = DiT3D(**kwargs).eval()
+    for layer in (plain.out_modulation, plain.out_proj):  # a non-zero output, so outputs say something
+        nn.init.normal_(layer.weight, std=0.2)
+    x, logsnr = torch.randn(2, 2, 3, 4, 4), torch.randn(2)
+    for mode in ("frame", "spacetime"):
+        model = DiT3D(position_embedding=mode, **kwargs).eval()
+        missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+        assert unexpected == [] and missing and all(k.startswith("position_embed.") for k in missing)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, logsnr), plain(x, logsnr))
+            for embed in model.position_embed.axes:  # as after training
+                nn.init.normal_(embed.mlp[-1].weight)
+            # trained embeddings move the prediction of every frame (not only the sequence's edges)
+            moved = (model(x, logsnr) - plain(x, logsnr)).abs().amax(dim=(0, 1, 3, 4))  # (T,)
+            assert bool((moved > 1e-3).all())

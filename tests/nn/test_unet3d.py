@@ -490,9 +490,9 @@ def test_spacetime_positions_vary_along_every_axis_and_frame_positions_only_alon
     torch.manual_seed(0)
     for mode, varying in (("frame", {2}), ("spacetime", {2, 3, 4})):
         model = tiny_unet(position_embedding=mode)
-        for embed in model.position_embed:  # as after training: non-zero output layers
+        for embed in model.position_embed.axes:  # as after training: non-zero output layers
             nn.init.normal_(embed.mlp[-1].weight)
-        pos = model._positions((3, 4, 5), torch.float32, torch.device("cpu")).expand(1, 16, 3, 4, 5)
+        pos = model.position_embed((3, 4, 5), torch.float32, torch.device("cpu")).expand(1, 16, 3, 4, 5)
         for dim in (2, 3, 4):
             spread = float((pos - pos.mean(dim, keepdim=True)).abs().max())
             assert (spread > 1e-3) == (dim in varying), (mode, dim, spread)
