@@ -70,6 +70,9 @@ def describe(batch: dict) -> dict:
 
 
 def rank_main(rank: int, root: Path) -> None:
+    # A forked child must not enter an OpenMP parallel region the parent's pool was running: with
+    # one thread torch runs its loops inline (the whole suite's process has used its pool by now)
+    torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{root / 'store'}", rank=rank,
                                          world_size=WORLD)
     results = {}
@@ -107,6 +110,9 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
         p.start()
     for p in procs:
         p.join(timeout=120)
+    for p in procs:  # a rank still running after the timeout is a failure; leave no orphans
+        if p.exitcode is None:
+            p.kill()
     assert [p.exitcode for p in procs] == [0] * WORLD
     return [json.loads((root / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
