@@ -184,3 +184,36 @@ def smooth_frames() -> Callable[..., np.ndarray]:
 def zoo_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(names of zoo files that decode, names of those that must be skipped)."""
     return ZOO_GOOD, ZOO_BAD
+
+
+def _rank_entry(target: Callable[[int, Path], None], rank: int, root: Path) -> None:
+    import torch
+
+    # A child forked from a process whose OpenMP pool has run hangs in its first parallel region;
+    # with one thread torch runs its loops inline (the whole suite's process has used its pool by now)
+    torch.set_num_threads(1)
+    target(rank, root)
+
+
+def run_forked_ranks(target: Callable[[int, Path], None], root: Path, world: int, timeout: float = 120) -> list[dict]:
+    """Run ``target(rank, root)`` in ``world`` forked processes (a gloo group's ranks), each writing
+    ``root/rank{r}.json``; return those, in rank order. A rank that fails or outlives ``timeout`` fails
+    the caller, and none is left running."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_rank_entry, args=(target, r, root)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+    for p in procs:
+        if p.exitcode is None:
+            p.kill()
+    assert [p.exitcode for p in procs] == [0] * world
+    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+@pytest.fixture(scope="session")
+def forked_ranks() -> Callable[..., list[dict]]:
+    return run_forked_ranks

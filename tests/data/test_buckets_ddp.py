@@ -11,7 +11,6 @@ samples of the shared step.
 from __future__ import annotations
 
 import json
-import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +69,6 @@ def describe(batch: dict) -> dict:
 
 
 def rank_main(rank: int, root: Path) -> None:
-    # A forked child must not enter an OpenMP parallel region the parent's pool was running: with
-    # one thread torch runs its loops inline (the whole suite's process has used its pool by now)
-    torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{root / 'store'}", rank=rank,
                                          world_size=WORLD)
     results = {}
@@ -101,20 +97,10 @@ def rank_main(rank: int, root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def ranks(tmp_path_factory: pytest.TempPathFactory, forked_ranks) -> list[dict]:
     root = tmp_path_factory.mktemp("ddp_buckets")
     make_data(root)
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=rank_main, args=(r, root)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:  # a rank still running after the timeout is a failure; leave no orphans
-        if p.exitcode is None:
-            p.kill()
-    assert [p.exitcode for p in procs] == [0] * WORLD
-    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return forked_ranks(rank_main, root, WORLD)
 
 
 @pytest.mark.parametrize("kind", ["folder", "shards", "latents"])
