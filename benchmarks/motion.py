@@ -148,10 +148,23 @@ def probe(model, combos, seeds: int, steps: int, seed: int, num_frames: int, siz
     g = torch.Generator().manual_seed(seed)
     videos = model.sample(captions, num_frames, size, size, steps=steps, generator=g)
     seen: dict[str, int] = {}
+    got = []
     for video in videos:  # what the wrong ones do instead: static, or which other way
         direction = str(classify_video(video)["direction"])
         seen[direction] = seen.get(direction, 0) + 1
-    return {**probe_scores(videos, captions), "directions_seen": seen}
+        got.append(direction)
+    wanted = [c[2] for c in combos for _ in range(seeds)]
+    return {**probe_scores(videos, captions), **axis_and_sign(got, wanted), "directions_seen": seen}
+
+
+def axis_and_sign(got: list[str], wanted: list[str]) -> dict[str, float]:
+    """Direction accuracy split in two: ``axis``, the share of videos moving along the caption's
+    axis (horizontal / vertical; chance 0.5 among moving videos), and ``sign``, the share of those
+    that also move the caption's way (chance 0.5). The axis needs no frame order (a left and a right
+    clip are the same streak); the sign does (each is the other's time reversal)."""
+    on_axis = [g for g, w in zip(got, wanted) if g in OPPOSITE and (g == w or OPPOSITE[g] == w)]
+    right = sum(g == w for g, w in zip(got, wanted))
+    return {"axis": len(on_axis) / max(len(got), 1), "sign": right / max(len(on_axis), 1)}
 
 
 @torch.no_grad()
@@ -283,7 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
             acc = probe(ema, eval_combos, args.seeds, args.sample_steps, 1000 + args.seed, num_frames, size)
             row = {"step": step, "loss": float(np.mean(losses[-50:])), **acc, "minutes": (time.time() - start) / 60}
             rows.append(row)
-            print(f"step {step:5d}  loss {row['loss']:.4f}  direction {acc['direction']:.2f}  colour "
+            print(f"step {step:5d}  loss {row['loss']:.4f}  direction {acc['direction']:.2f}  (axis {acc['axis']:.2f}, "
+                  f"sign {acc['sign']:.2f})  colour "
                   f"{acc['colour']:.2f}  shape {acc['shape']:.2f}  seen {acc['directions_seen']}  ({row['minutes']:.1f} min)",
                   flush=True)
     result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "curve": rows}

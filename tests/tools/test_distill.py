@@ -8,6 +8,7 @@ with --steps 2 (N / 4), one network pass per step.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,21 @@ def test_sample_the_student_with_a_quarter_of_the_steps(reference: Path, tmp_pat
     paths = sample.main(["--ckpt", str(reference), "--prompt", "a red circle moving left", "--out", str(out),
                          "--steps", "2", "--guidance", "3", "--device", "cpu"])
     assert paths == [out] and out.stat().st_size > 0
+
+
+def test_sampling_benchmark_rows_start_from_the_same_noise(teacher, reference: Path, tmp_path: Path,
+                                                           load_script) -> None:
+    """benchmarks/sampling.py: every row samples the same held-out captions from the same noise, so the
+    reference row's own settings, repeated as a row, lie at distance 0 from it, and fewer steps do not."""
+    bench = load_script("benchmarks/sampling.py", "latentvid_benchmark_sampling")
+    ckpt, _ = teacher
+    out = tmp_path / "rows.json"
+    bench.main(["--teacher", str(ckpt), "--student", f"2={next(reference.rglob('last.ckpt'))}",
+                "--row", "ddim:4", "--row", "ddim:1", "--reference-steps", "4", "--per-prompt", "1",
+                "--batch-size", "4", "--out", str(out)])
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["teacher DDIM 4 (reference)", "teacher ddim 4", "teacher ddim 1", "student 2"]
+    assert rows["teacher ddim 4"]["mse_to_reference"] < 1e-10
+    assert rows["teacher ddim 1"]["mse_to_reference"] > 1e-6
+    assert rows["student 2"]["passes_per_video"] == 2 and rows["teacher ddim 1"]["passes_per_video"] == 2
+    assert all(0.0 <= r[k] <= 1.0 for r in rows.values() for k in ("colour", "shape", "direction", "all"))
