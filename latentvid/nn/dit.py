@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from latentvid.nn.attention import MultiHeadAttention, attention, check_backend, num_heads
 from latentvid.nn.layers import PositionEmbedding, ScalarEmbedding
-from latentvid.nn.unet3d import FPS_RANGE, LOGSNR_RANGE, check_denoiser_inputs
+from latentvid.nn.unet3d import FPS_RANGE, LOGSNR_RANGE, check_denoiser_inputs, frame_condition_input
 
 ATTENTION_MODES = ("full", "factorized")
 
@@ -226,6 +226,10 @@ class DiT3D(nn.Module):
             (space within each frame, then time at each position: much cheaper for long clips).
         fps_conditioning: add an fps embedding to the conditioning vector.
         num_extra_conditions: extra scalar conditions (B, n) (e.g. an SR stage's augmentation level).
+        frame_conditioning: also take known frames (``known``, ``known_mask`` in ``forward``): their
+            values (zero where unknown) and the mask as one more channel are patchified and embedded
+            by their own zero-initialised ``frame_input``, added to the patch tokens, so the network
+            starts as (and loads the checkpoints of) the one without it (as UNet3D's option).
         rope_theta: RoPE base period.
         position_embedding: also add learned embeddings of each token's absolute patch position,
             ``"none"`` (RoPE's relative positions only), ``"frame"`` or ``"spacetime"``
@@ -250,6 +254,7 @@ class DiT3D(nn.Module):
         attention_mode: str = "full",
         fps_conditioning: bool = True,
         num_extra_conditions: int = 0,
+        frame_conditioning: bool = False,
         rope_theta: float = 10000.0,
         position_embedding: str = "none",
         gradient_checkpointing: bool | str = False,
@@ -276,6 +281,12 @@ class DiT3D(nn.Module):
         patch_numel = patch_size[0] * patch_size[1] * patch_size[2]
         cond_dim = dim
         self.patch_embed = nn.Linear(in_channels * patch_numel, dim)
+        self.frame_conditioning = frame_conditioning
+        self.frame_input = None
+        if frame_conditioning:  # separate from patch_embed, so old checkpoints load as they are
+            self.frame_input = nn.Linear((in_channels + 1) * patch_numel, dim)
+            nn.init.zeros_(self.frame_input.weight)  # starts as the network without known frames
+            nn.init.zeros_(self.frame_input.bias)
         self.position_embed = PositionEmbedding(dim, position_embedding)
         self.logsnr_embed = ScalarEmbedding(cond_dim, LOGSNR_RANGE, freq_dim=256)
         self.fps_embed = ScalarEmbedding(cond_dim, FPS_RANGE, freq_dim=256) if fps_conditioning else None
@@ -302,6 +313,8 @@ class DiT3D(nn.Module):
         fps: Tensor | None = None,
         frame_mask: Tensor | None = None,
         extra: Tensor | None = None,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
     ) -> Tensor:
         """Predict from a noisy video (arguments as :meth:`latentvid.nn.unet3d.UNet3D.forward`).
 
@@ -314,11 +327,14 @@ class DiT3D(nn.Module):
             frame_mask: (B, T) bool, True = valid frame; None = all valid. A patch is a valid token
                 if any of its frames is; masked frames are zeroed first.
             extra: (B, num_extra_conditions) or None.
+            known, known_mask: (B, C_in, T, H, W) known frames and (B, T) bool mask
+                (``frame_conditioning`` only; None: no frame known).
 
         Returns:
             (B, C_out, T, H, W).
         """
         check_denoiser_inputs(self, x, logsnr, context, context_mask, fps, frame_mask, extra)
+        frames = frame_condition_input(self, x, known, known_mask)  # (B, C_in + 1, T, H, W) or None
         b, _, t, h, w = x.shape
         pt, ph, pw = self.patch_size
         if t % pt:
@@ -327,6 +343,9 @@ class DiT3D(nn.Module):
         token_mask = None
         if frame_mask is not None and not bool(frame_mask.all()):
             x = torch.where(frame_mask[:, None, :, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+            if frames is not None:
+                frames = torch.where(frame_mask[:, None, :, None, None], frames, torch.zeros((), dtype=x.dtype,
+                                                                                              device=x.device))
             patch_valid = frame_mask.view(b, grid[0], pt).any(dim=2)  # (B, T')
             token_mask = patch_valid[:, :, None].expand(b, grid[0], grid[1] * grid[2]).reshape(b, -1)  # (B, N)
         cond = self.logsnr_embed(logsnr)  # (B, D)
@@ -336,6 +355,8 @@ class DiT3D(nn.Module):
             cond = cond + self.extra_embed(extra)
         cond = F.silu(cond)
         tokens = self.patch_embed(patchify(x, self.patch_size).to(self.patch_embed.weight.dtype))  # (B, N, D)
+        if frames is not None:
+            tokens = tokens + self.frame_input(patchify(frames, self.patch_size).to(tokens.dtype))  # (B, N, D)
         if len(self.position_embed.axes):
             pos = self.position_embed(grid, tokens.dtype, tokens.device).expand(1, -1, *grid)  # (1, D, T', H', W')
             tokens = tokens + pos.flatten(2).transpose(1, 2)  # (1, N, D) in patchify's (t, h, w) order

@@ -122,10 +122,17 @@ class UNet3D(nn.Module):
             clip, so the best prediction is the caption's mean clip, which for a moving object
             differs from frame to frame and across the frame; a network that cannot tell frames
             apart gains nothing from a motion word there (README, "What the demo shows"). The
-            embeddings' output layers start at zero.
+            embeddings' output layers start at zero (``position_init: zero``) or at PyTorch's default
+            (``random``: frame order is visible from the first step; for training from scratch).
         fps_conditioning: add an embedding of the clip's frame rate when ``fps`` is given.
         num_extra_conditions: extra scalars per sample (e.g. the SR stages' conditioning-
             augmentation logSNR), embedded like logSNR (clipped to [-20, 20]).
+        frame_conditioning: also take known frames (``known`` (B, C_in, T, H, W), ``known_mask``
+            (B, T) in ``forward``): the known values, zero on unknown frames, and the mask as one
+            more channel go through their own input convolution (``frame_input``), added to the
+            input convolution's output. That layer starts at zero, so the network starts as the one
+            without it, and a checkpoint of that network loads with only ``frame_input.*`` missing
+            (image-to-video, extension and interpolation from one model; README).
         dropout: dropout inside ResBlocks.
         norm_groups: GroupNorm groups; must divide every level's channel count.
         gradient_checkpointing: recompute activations in the backward pass (training only):
@@ -161,8 +168,10 @@ class UNet3D(nn.Module):
         temporal_conv: bool = True,
         max_temporal_distance: int = 32,
         position_embedding: str = "none",
+        position_init: str = "zero",
         fps_conditioning: bool = True,
         num_extra_conditions: int = 0,
+        frame_conditioning: bool = False,
         dropout: float = 0.0,
         norm_groups: int = 32,
         gradient_checkpointing: bool | str = False,
@@ -195,6 +204,7 @@ class UNet3D(nn.Module):
         self.context_dim = context_dim
         self.text_pooling = text_pooling
         self.num_extra_conditions = num_extra_conditions
+        self.frame_conditioning = frame_conditioning
         self.downsample_factor = 2 ** (len(channel_mult) - 1)
         self.gradient_checkpointing = checkpointing_mode(gradient_checkpointing)
         self.channels_last = channels_last
@@ -213,7 +223,8 @@ class UNet3D(nn.Module):
             nn.init.zeros_(self.text_embed[-1].weight)  # starts as a network without the pooled path
             nn.init.zeros_(self.text_embed[-1].bias)
 
-        self.position_embed = PositionEmbedding(model_channels, position_embedding, freq_dim=model_channels)
+        self.position_embed = PositionEmbedding(model_channels, position_embedding, freq_dim=model_channels,
+                                                init=position_init)
 
         def res_block(c_in: int, c_out: int) -> ResBlock3D:
             return ResBlock3D(c_in, c_out, emb_dim, dropout, norm_groups, temporal_conv)
@@ -231,6 +242,11 @@ class UNet3D(nn.Module):
             return layers
 
         self.input_conv = nn.Conv3d(in_channels, model_channels, (1, 3, 3), padding=(0, 1, 1))
+        self.frame_input = None
+        if frame_conditioning:  # a separate layer, not a wider input_conv: old checkpoints load as they are
+            self.frame_input = nn.Conv3d(in_channels + 1, model_channels, (1, 3, 3), padding=(0, 1, 1))
+            nn.init.zeros_(self.frame_input.weight)  # starts as the network without known frames
+            nn.init.zeros_(self.frame_input.bias)
         self.down = nn.ModuleList()
         skip_channels = [model_channels]
         ch = model_channels
@@ -288,6 +304,8 @@ class UNet3D(nn.Module):
         fps: Tensor | None = None,
         frame_mask: Tensor | None = None,
         extra: Tensor | None = None,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
     ) -> Tensor:
         """Predict from a noisy video.
 
@@ -300,11 +318,15 @@ class UNet3D(nn.Module):
             frame_mask: (B, T) bool, True = valid frame; None = all valid. Outputs on masked frames
                 are meaningless and valid frames do not depend on them.
             extra: (B, num_extra_conditions) extra scalar conditions.
+            known: (B, C_in, T, H, W) the clean values of the known frames (``frame_conditioning``
+                only); other frames are ignored. None: no frame is known.
+            known_mask: (B, T) bool, True = known frame; needed with ``known``.
 
         Returns:
             (B, C_out, T, H, W).
         """
         check_denoiser_inputs(self, x, logsnr, context, context_mask, fps, frame_mask, extra)
+        frames = frame_condition_input(self, x, known, known_mask)
         if frame_mask is not None and not torch.compiler.is_compiling() and bool(frame_mask.all()):
             frame_mask = None  # nothing to mask (one host sync): take the mask-free kernels
         body = self._body
@@ -312,7 +334,7 @@ class UNet3D(nn.Module):
             if self.__dict__.get("_compiled_body") is None:
                 self.__dict__["_compiled_body"] = torch.compile(self._body, mode=self.compile_mode)
             body = self.__dict__["_compiled_body"]
-        return body(x, logsnr, context, context_mask, fps, frame_mask, extra)
+        return body(x, logsnr, context, context_mask, fps, frame_mask, extra, frames)
 
     def _body(
         self,
@@ -323,8 +345,10 @@ class UNet3D(nn.Module):
         fps: Tensor | None,
         frame_mask: Tensor | None,
         extra: Tensor | None,
+        frames: Tensor | None = None,
     ) -> Tensor:
-        """The network after input checks (what ``compile`` compiles); arguments as in ``forward``."""
+        """The network after input checks (what ``compile`` compiles); arguments as in ``forward``,
+        ``frames`` (B, C_in + 1, T, H, W) from :func:`frame_condition_input`."""
         emb = self.logsnr_embed(logsnr)  # (B, E)
         if fps is not None:
             emb = emb + self.fps_embed(fps)
@@ -337,6 +361,10 @@ class UNet3D(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)  # (B, C, T, H, W), memory (B, T, H, W, C)
         h = conv_per_frame(self.input_conv, x)  # (B, model_channels, T, H, W)
+        if frames is not None:
+            if self.channels_last:
+                frames = frames.contiguous(memory_format=torch.channels_last_3d)
+            h = h + conv_per_frame(self.frame_input, frames)
         if len(self.position_embed.axes):
             h = h + self.position_embed(x.shape[2:], h.dtype, h.device)
         skips = [h]
@@ -348,6 +376,34 @@ class UNet3D(nn.Module):
             h = self._run(stage, torch.cat([h, skips.pop()], dim=1), cond)
         out = conv_per_frame(self.out_conv, F.silu(self.out_norm(h)))  # (B, C_out, T, H, W)
         return out.contiguous()  # callers get the usual layout (C_out is small)
+
+
+def frame_condition_input(net: nn.Module, x: Tensor, known: Tensor | None, known_mask: Tensor | None
+                          ) -> Tensor | None:
+    """The extra input of a frame-conditioned denoiser: (B, C + 1, T, H, W), the known values (zero on
+    unknown frames) and the mask as a channel; None for a network without ``frame_conditioning``.
+
+    ``net`` provides ``frame_conditioning``; x (B, C, T, H, W) the noisy input; known (B, C, T, H, W)
+    or None (no frame known); known_mask (B, T) bool. Raises ValueError naming what does not fit.
+    """
+    name = type(net).__name__
+    if not getattr(net, "frame_conditioning", False):
+        if known is not None or known_mask is not None:
+            raise ValueError(f"{name}: known frames given but the model was built with frame_conditioning=False")
+        return None
+    b, _, t = x.shape[:3]
+    if known is None:
+        if known_mask is not None and bool(known_mask.any()):
+            raise ValueError(f"{name}: known_mask marks known frames but known is None")
+        return torch.zeros((b, x.shape[1] + 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    if known.shape != x.shape:
+        raise ValueError(f"{name}: known must be shaped like x {tuple(x.shape)}, got {tuple(known.shape)}")
+    if known_mask is None or known_mask.dtype != torch.bool or known_mask.shape != (b, t):
+        got = None if known_mask is None else f"{known_mask.dtype} {tuple(known_mask.shape)}"
+        raise ValueError(f"{name}: known_mask must be bool ({b}, {t}), got {got}")
+    m = known_mask[:, None, :, None, None]  # (B, 1, T, 1, 1)
+    values = torch.where(m, known.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))  # NaN-safe
+    return torch.cat([values, m.to(x.dtype).expand(b, 1, *x.shape[2:])], dim=1)  # (B, C + 1, T, H, W)
 
 
 def pool_tokens(context: Tensor, context_mask: Tensor | None, mode: str) -> Tensor:
