@@ -122,8 +122,7 @@ class UNet3D(nn.Module):
             clip, so the best prediction is the caption's mean clip, which for a moving object
             differs from frame to frame and across the frame; a network that cannot tell frames
             apart gains nothing from a motion word there (README, "What the demo shows"). The
-            embeddings' output layers start at zero (``position_init: zero``) or at PyTorch's default
-            (``random``: frame order is visible from the first step; for training from scratch).
+            embeddings' output layers start at zero.
         fps_conditioning: add an embedding of the clip's frame rate when ``fps`` is given.
         num_extra_conditions: extra scalars per sample (e.g. the SR stages' conditioning-
             augmentation logSNR), embedded like logSNR (clipped to [-20, 20]).
@@ -168,7 +167,6 @@ class UNet3D(nn.Module):
         temporal_conv: bool = True,
         max_temporal_distance: int = 32,
         position_embedding: str = "none",
-        position_init: str = "zero",
         fps_conditioning: bool = True,
         num_extra_conditions: int = 0,
         frame_conditioning: bool = False,
@@ -223,8 +221,7 @@ class UNet3D(nn.Module):
             nn.init.zeros_(self.text_embed[-1].weight)  # starts as a network without the pooled path
             nn.init.zeros_(self.text_embed[-1].bias)
 
-        self.position_embed = PositionEmbedding(model_channels, position_embedding, freq_dim=model_channels,
-                                                init=position_init)
+        self.position_embed = PositionEmbedding(model_channels, position_embedding, freq_dim=model_channels)
 
         def res_block(c_in: int, c_out: int) -> ResBlock3D:
             return ResBlock3D(c_in, c_out, emb_dim, dropout, norm_groups, temporal_conv)
