@@ -32,8 +32,15 @@ from latentvid.diffusion import (
     training_target,
 )
 from latentvid.diffusion.discrete import DiscreteSchedule
+from latentvid.diffusion.frame_masks import FrameMasks, draw_frame_masks
+from latentvid.diffusion.known_frames import known_frames_denoiser
 from latentvid.models.lr_schedules import warmup_lambda
 from latentvid.nn.first_stage import FirstStage, IdentityFirstStage
+
+FRAME_METHODS: tuple[str, ...] = ("trained", "replacement", "guidance")
+"""How :meth:`LatentDiffusion.sample` conditions on known frames: the network's own frame input (a
+``frame_conditioning`` network), or item 1's training-free replacement / reconstruction guidance
+(:func:`~latentvid.diffusion.known_frames.known_frames_denoiser`), which any model can use."""
 
 
 class LatentDiffusion(LightningModule):
@@ -76,6 +83,17 @@ class LatentDiffusion(LightningModule):
         time_sampling: the density of training times t
             (:class:`~latentvid.diffusion.time_sampling.TimeSampling`: uniform, logit-normal, mode);
             None is uniform. Always stratified over the batch.
+        frame_masks: with a ``frame_conditioning`` network, how often each known-frame mask is drawn
+            per training sample (:class:`~latentvid.diffusion.frame_masks.FrameMasks`: none, first,
+            first k, last k, every k-th latent frame); None takes its defaults. The network gets the
+            clean latents of the known frames (sampling gives it clean VAE latents of the given
+            pixels, so no noise is added), and the loss covers the other valid frames only.
+        init_from: a checkpoint (or a run root such as ``runs/base``) whose weights (its EMA weights
+            when it has them) this model starts from, e.g. a text-to-video base for a
+            frame-conditioned fine-tune (configs/i2v.yaml): the network's ``frame_input.*`` may be
+            missing from it (they start at zero), anything else must match. Read at construction
+            only; a checkpoint of this model records no ``init_from``, so reloading it never needs
+            the base run.
     """
 
     def __init__(
@@ -98,6 +116,8 @@ class LatentDiffusion(LightningModule):
         clip_sample: float | None = None,
         spatial_lr_scale: float | None = 1.0,
         time_sampling: TimeSampling | None = None,
+        frame_masks: FrameMasks | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         # None rather than a CosineSchedule() default: with a dataclass default, jsonargparse cannot
@@ -143,7 +163,35 @@ class LatentDiffusion(LightningModule):
             if not spatial_lr_scale:  # frozen image model: no gradients computed for it at all
                 for p in unet.spatial_parameters():
                     p.requires_grad_(False)
+        if frame_masks is not None and not self.frame_conditioned:
+            raise ValueError("model.frame_masks needs a network built with frame_conditioning: true")
+        self.frame_masks = (frame_masks or FrameMasks()) if self.frame_conditioned else None
         self._check_shapes()
+        if init_from:
+            self.load_init_weights(init_from)
+
+    @property
+    def frame_conditioned(self) -> bool:
+        """Whether the network takes known frames (``known``, ``known_mask``) as inputs."""
+        return bool(getattr(self.unet, "frame_conditioning", False))
+
+    def load_init_weights(self, path: str) -> None:
+        """Load the weights of the checkpoint ``path`` (or run root), EMA ones when present; the
+        network's ``frame_input.*`` and the weights this module reads from files may be missing."""
+        from latentvid.pipelines.loading import resolve_checkpoint  # (as distillation's teacher: a file path)
+
+        file = resolve_checkpoint(path)
+        state = torch.load(file, map_location="cpu", weights_only=True)["state_dict"]
+        own = self.state_dict()
+        shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                  if k in own and v.shape != own[k].shape]
+        allowed = self._weights_from_files()
+        missing = [k for k in own if k not in state and k not in allowed and not k.startswith("unet.frame_input.")]
+        unexpected = [k for k in state if k not in own]
+        if shapes or missing or unexpected:
+            raise ValueError(f"init_from {file}: its weights do not fit this model: shapes {shapes[:3]}, "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.load_state_dict(state, strict=False)
 
     def _check_shapes(self) -> None:
         """Fail at construction, with a message, when the pieces do not chain."""
@@ -177,6 +225,8 @@ class LatentDiffusion(LightningModule):
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("hyper_parameters", {}).get("init_from"):  # the weights are in this checkpoint now
+            checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "init_from": None}
         # runs after callbacks (EMA moves the raw weights to "current_model_state"), so strip both copies
         skip = self._weights_from_files()
         for key in ("state_dict", "current_model_state"):
@@ -194,9 +244,13 @@ class LatentDiffusion(LightningModule):
 
     # ---- the pieces -------------------------------------------------------------------------
     def forward(self, z: Tensor, logsnr: Tensor, context: Tensor, context_mask: Tensor, fps: Tensor | None = None,
-                frame_mask: Tensor | None = None) -> Tensor:
-        """Network output (of kind ``target``), (B, C, t, h, w), for noisy latents z (B, C, t, h, w)."""
-        return self.unet(z, logsnr, context=context, context_mask=context_mask, fps=fps, frame_mask=frame_mask)
+                frame_mask: Tensor | None = None, known: Tensor | None = None, known_mask: Tensor | None = None
+                ) -> Tensor:
+        """Network output (of kind ``target``), (B, C, t, h, w), for noisy latents z (B, C, t, h, w);
+        ``known`` (B, C, t, h, w) / ``known_mask`` (B, t) bool: known frames (a frame-conditioned network)."""
+        frames = {} if known is None and known_mask is None else {"known": known, "known_mask": known_mask}
+        return self.unet(z, logsnr, context=context, context_mask=context_mask, fps=fps, frame_mask=frame_mask,
+                         **frames)
 
     def denoise(self, z: Tensor, logsnr: Tensor, context: Tensor, context_mask: Tensor, fps: Tensor | None = None,
                 frame_mask: Tensor | None = None, **cond: Tensor) -> Tensor:
@@ -255,11 +309,19 @@ class LatentDiffusion(LightningModule):
         eps = torch.randn(z0.shape, generator=generator, device=z0.device if generator is None else generator.device)
         eps = eps.to(z0)
         z0, extra = self.conditioning(batch, z0, mask, generator)
+        loss_mask = mask
+        if self.frame_masks is not None:
+            cpu = generator if generator is None or generator.device.type == "cpu" else None
+            known_mask = draw_frame_masks(mask, self.frame_masks, cpu).to(z0.device)  # (B, t)
+            extra = {**extra, "known": z0, "known_mask": known_mask}
+            # known frames are inputs, pinned to their given values at sampling (frames_denoiser):
+            # predicting them teaches nothing, so the loss covers the frames to generate
+            loss_mask = mask & ~known_mask
         z_t = diffuse(z0, eps, alpha, sigma)
         pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask, **extra)
         target = training_target(z0, eps, alpha, sigma, self.target)
         weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma, sigma=sigma, floor=self.snr_floor)
-        return masked_mse(pred, target, mask, weight=weight)
+        return masked_mse(pred, target, loss_mask, weight=weight)
 
     def schedule_logsnr(self, t: Tensor, tokens: Tensor | float | None = None) -> Tensor:
         """logSNR (B,) at times t (B,); ``tokens`` (latent tokens per clip, (B,) or a number) reach a
@@ -314,12 +376,19 @@ class LatentDiffusion(LightningModule):
         generator: torch.Generator | None = None,
         progress: bool = False,
         spacing: str = "time",
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
+        frames_method: str | None = None,
+        frames_weight: float = 1.0,
     ) -> Tensor:
         """Generate videos for ``captions``: returns (B, 3, num_frames, height, width) in [-1, 1].
 
         ``generator`` (on this module's device) makes the result reproducible; None uses the global RNG.
         ``spacing``: the sampling grid, ``"time"``, ``"logsnr"`` or ``"karras"``
         (:func:`~latentvid.diffusion.schedule.sampling_grid`).
+        ``known`` (B, C, t, h, w) latents and ``known_mask`` (B, t) bool: frames to keep (image-to-video,
+        extension, interpolation; :meth:`frames_denoiser` with ``frames_method`` and ``frames_weight``;
+        pixel frames: :mod:`latentvid.pipelines.frames`).
         """
         steps = steps or self.hparams.sample_steps
         sampler = sampler or self.hparams.sampler
@@ -330,7 +399,11 @@ class LatentDiffusion(LightningModule):
                              f"spatial factor {fs.spatial_factor}")
         shape = (b, fs.latent_channels, fs.latent_frames(num_frames), height // fs.spatial_factor,
                  width // fs.spatial_factor)
-        denoise = self.guided_denoiser(captions, fps, scale)
+        if known is not None and (tuple(known.shape) != shape or known_mask is None
+                                  or tuple(known_mask.shape) != (b, shape[2])):
+            raise ValueError(f"known latents must be {shape} with a ({b}, {shape[2]}) mask, got "
+                             f"{tuple(known.shape)} / {None if known_mask is None else tuple(known_mask.shape)}")
+        denoise = self.frames_denoiser(captions, fps, scale, known, known_mask, frames_method, frames_weight)
         z = torch.randn(shape, generator=generator, device=self.device)
         z = self.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generator, progress=progress,
                              spacing=spacing)
@@ -357,6 +430,35 @@ class LatentDiffusion(LightningModule):
         if clip and self.hparams.clip_sample is not None:
             denoise = clip_denoised(denoise, self.hparams.clip_sample)
         return denoise
+
+    def frames_denoiser(self, captions: list[str], fps: float, guidance_scale: float, known: Tensor | None = None,
+                        known_mask: Tensor | None = None, method: str | None = None, weight: float = 1.0):
+        """:meth:`guided_denoiser` conditioned on known latent frames ``known`` (B, C, t, h, w) where
+        ``known_mask`` (B, t) bool; no known frames: the plain guided denoiser.
+
+        ``method`` (:data:`FRAME_METHODS`; None: ``"trained"`` for a frame-conditioned network, else
+        ``"guidance"``): ``"trained"`` gives the known frames to the network in both CFG branches (the
+        caption is what CFG guides) and pins its estimate there to them; ``"replacement"`` and
+        ``"guidance"`` (reconstruction guidance, w_r = ``weight``) are the training-free wrappers of
+        :func:`~latentvid.diffusion.known_frames.known_frames_denoiser`, and a frame-conditioned
+        network then runs with no frame known. Every way, the sample's known frames are ``known``.
+        """
+        if known is None:
+            return self.guided_denoiser(captions, fps, guidance_scale)
+        method = method or ("trained" if self.frame_conditioned else "guidance")
+        if method not in FRAME_METHODS:
+            raise ValueError(f"frames method must be one of {FRAME_METHODS}, got {method!r}")
+        known_mask = known_mask.to(device=self.device, dtype=torch.bool)
+        known = known.to(self.device)
+        if method == "trained":
+            if not self.frame_conditioned:
+                raise ValueError("frames method 'trained' needs a frame-conditioned network (frame_conditioning: "
+                                 "true, configs/i2v.yaml); use 'replacement' or 'guidance' with this model")
+            denoise = self.guided_denoiser(captions, fps, guidance_scale, known=known, known_mask=known_mask)
+            return known_frames_denoiser(denoise, known, known_mask, mode="replacement")
+        mode = "replacement" if method == "replacement" else "reconstruction"
+        return known_frames_denoiser(self.guided_denoiser(captions, fps, guidance_scale), known, known_mask,
+                                     mode=mode, weight=weight, alpha_sigma=self.schedule.alpha_sigma)
 
     def run_sampler(self, denoise, z: Tensor, steps: int, sampler: str, eta: float = 0.0,
                     generator=None, progress: bool = False, spacing: str = "time") -> Tensor:
