@@ -1,0 +1,158 @@
+"""Image-to-video, extension and interpolation on a tiny latent model with the real causal shapes VAE:
+shapes, given frames kept (exactly where pasted, through the VAE where generated), every method, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentvid.conditioning.text import OpenCLIPTextEncoder
+from latentvid.models.autoencoder import PretrainedCausalVAE
+from latentvid.models.latent_diffusion import LatentDiffusion
+from latentvid.nn.unet3d import UNet3D
+from latentvid.pipelines.frames import (
+    FrameOptions,
+    default_overlap,
+    extend_video,
+    given_prefix,
+    image_to_video,
+    interpolate_video,
+    sample_with_frames,
+)
+
+VAE = Path(__file__).resolve().parents[2] / "data" / "vae" / "shapes-vae.ckpt"
+CAPTION = ["a red circle moving left"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(frame_conditioning: bool) -> LatentDiffusion:
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        text = OpenCLIPTextEncoder(random_width=32, random_layers=1, random_heads=2, max_length=16)
+    unet = UNet3D(in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                  attention_levels=(1,), head_dim=16, context_dim=32, norm_groups=4,
+                  frame_conditioning=frame_conditioning)
+    with torch.no_grad():  # as after training: zero-initialised layers open, so frames mix
+        for p in unet.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(std=0.1)
+    return LatentDiffusion(unet, text, first_stage=PretrainedCausalVAE(str(VAE)), sample_steps=3).eval()
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, LatentDiffusion]:
+    return {"conditioned": tiny(True), "plain": tiny(False)}
+
+
+def clip(t: int = 9, seed: int = 0) -> torch.Tensor:
+    """(1, 3, t, 32, 32): a shapes clip, so the VAE reproduces it well."""
+    import numpy as np
+
+    from latentvid.data.shapes import render_clip
+    from latentvid.data.video import from_uint8
+
+    frames = render_clip("red", "circle", "left", num_frames=t, size=32, rng=np.random.default_rng(seed))
+    return from_uint8(frames)[None]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(4.0 / (a - b).pow(2).mean()))
+
+
+def test_given_prefix_counts_whole_latent_frames():
+    as_mask = lambda bits: torch.tensor([c == "1" for c in bits])  # noqa: E731
+    assert given_prefix(as_mask("100000000"), 4) == 1
+    assert given_prefix(as_mask("111111000"), 4) == 5  # 6 given: only 5 make whole latent frames
+    assert given_prefix(as_mask("101010101"), 4) == 1
+    assert given_prefix(as_mask("011111111"), 4) == 0
+
+
+@pytest.mark.parametrize("kind,method", [("conditioned", "trained"), ("conditioned", "guidance"),
+                                         ("plain", "replacement"), ("plain", "guidance")])
+def test_image_to_video_starts_from_the_image(models, kind, method):
+    model = models[kind]
+    image = clip()[:, :, 0]
+    opts = FrameOptions(method=method, weight=3.0, guidance=2.0)
+    video = image_to_video(model, image, CAPTION, 9, opts, torch.Generator().manual_seed(0))
+    assert video.shape == (1, 3, 9, 32, 32)
+    # the image is latent frame 0 exactly, so frame 0 is the VAE's reconstruction of the image
+    with torch.no_grad():
+        recon = model.first_stage.decode(model.first_stage.encode(image[:, :, None]))[:, :, 0].clamp(-1, 1)
+    torch.testing.assert_close(video[:, :, 0], recon, atol=1e-4, rtol=0)
+    assert psnr(video[:, :, 0], image) > 20.0
+
+
+@pytest.mark.parametrize("method", ["trained", "replacement", "guidance"])
+def test_extension_keeps_the_clip_and_conditions_each_window_on_the_last_frames(models, method, monkeypatch):
+    model = models["conditioned"]
+    given = clip(9)
+    assert default_overlap(model, 9) == 5
+    calls = []
+    import latentvid.pipelines.frames as frames
+
+    real = frames.sample_with_frames
+
+    def spy(m, captions, pixels, mask, options, generator):
+        calls.append((pixels.clone(), mask.clone()))
+        return real(m, captions, pixels, mask, options, generator)
+
+    monkeypatch.setattr(frames, "sample_with_frames", spy)
+    out = extend_video(model, given, CAPTION, 17, window=9, options=FrameOptions(method=method, weight=2.0),
+                       generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, 17, 32, 32)
+    assert torch.equal(out[:, :, :9], given)  # the input frames, as given
+    assert len(calls) == 2  # 9 -> 13 -> 17: one new latent frame (4 frames) per window
+    for i, (pixels, mask) in enumerate(calls):
+        assert mask.tolist() == [True] * 5 + [False] * 4
+        torch.testing.assert_close(pixels[:, :, :5], out[:, :, 4 * i + 4: 4 * i + 9])  # the last 5 frames so far
+
+
+@pytest.mark.parametrize("kind,method", [("conditioned", "trained"), ("plain", "replacement"), ("plain", "guidance")])
+def test_interpolation_keeps_the_given_frames_and_fills_between(models, kind, method):
+    model = models[kind]
+    given = clip(5, seed=1)
+    opts = FrameOptions(method=method, weight=3.0, steps=8)
+    out = interpolate_video(model, given, CAPTION, 2, opts, torch.Generator().manual_seed(0))
+    assert out.shape == (1, 3, 9, 32, 32)
+    assert torch.equal(out[:, :, ::2], given)
+    assert torch.isfinite(out).all()
+    # the generated clip itself (before the given frames are pasted) is pulled towards them: closer than
+    # the same sampler without any given frame
+    pixels = torch.zeros(1, 3, 9, 32, 32)
+    pixels[:, :, ::2] = given
+    mask = torch.zeros(9, dtype=torch.bool)
+    mask[::2] = True
+    raw = sample_with_frames(model, CAPTION, pixels, mask, opts, torch.Generator().manual_seed(0))
+    free = sample_with_frames(model, CAPTION, pixels, torch.zeros(9, dtype=torch.bool) | (torch.arange(9) == 0),
+                              opts, torch.Generator().manual_seed(0))
+    near, far = psnr(raw[:, :, 2::2], given[:, :, 1:]), psnr(free[:, :, 2::2], given[:, :, 1:])
+    assert near > far + 1.0
+
+
+def test_bad_inputs_name_the_value(models):
+    model = models["conditioned"]
+    with pytest.raises(ValueError, match="--frames = 8 does not fit the VAE"):
+        image_to_video(model, clip()[:, :, 0], CAPTION, 8)
+    with pytest.raises(ValueError, match="30x30"):
+        image_to_video(model, torch.zeros(1, 3, 30, 30), CAPTION, 9)
+    with pytest.raises(ValueError, match=r"interpolated length \(4 - 1\) x 2 \+ 1"):
+        interpolate_video(model, clip(4), CAPTION, 2)
+    with pytest.raises(ValueError, match="--factor = 1"):
+        interpolate_video(model, clip(5), CAPTION, 1)
+    with pytest.raises(ValueError, match="must exceed"):
+        extend_video(model, clip(9), CAPTION, 9, window=9)
+    with pytest.raises(ValueError, match="overlap = 4 does not fit"):
+        extend_video(model, clip(9), CAPTION, 17, window=9, overlap=4)
+    with pytest.raises(ValueError, match="fewer than the overlap"):
+        extend_video(model, clip(1), CAPTION, 17, window=9)
+    with pytest.raises(ValueError, match="frame-conditioned"):
+        image_to_video(models["plain"], clip()[:, :, 0], CAPTION, 9, FrameOptions(method="trained"))
