@@ -7,6 +7,12 @@
 The whole cascade (base -> SR stages, per-stage settings in the YAML, mp4 at the final frame rate):
     python tools/sample.py --cascade configs/cascade.yaml --prompt "a red circle moving left" --out out.mp4
 
+Around given frames (a frame-conditioned checkpoint, configs/i2v.yaml, uses its trained conditioning; any
+other the training-free reconstruction guidance, or --frames-method replacement):
+    python tools/sample.py --ckpt runs/i2v --image first.png --prompt "a red circle moving left" --out out.mp4
+    python tools/sample.py --ckpt runs/i2v --extend clip.mp4 --frames 33 --prompt "..." --out longer.mp4
+    python tools/sample.py --ckpt runs/i2v --interpolate clip.mp4 --factor 2 --prompt "..." --out finer.mp4
+
 EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). A distillation
 checkpoint (configs/distill.yaml) samples its student in the student's own steps (``--steps`` defaults
 to them), one network pass per step: ``--guidance`` is then an input of the network, not a second pass.
@@ -50,6 +56,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="random seed; caption i uses seed + i")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="torch device (default: cuda if available)")
+    given = p.add_argument_group("given frames (latentvid.pipelines.frames)")
+    task = given.add_mutually_exclusive_group()
+    task.add_argument("--image", metavar="PNG", help="image-to-video: animate this still (--frames frames)")
+    task.add_argument("--extend", metavar="MP4", help="continue this clip to --frames frames, window by window")
+    task.add_argument("--interpolate", metavar="MP4", help="insert frames between this clip's (--factor)")
+    given.add_argument("--factor", type=int, default=2, help="--interpolate: frames out per frame in (default 2)")
+    given.add_argument("--frames-method", choices=("trained", "replacement", "guidance"),
+                       help="how the given frames condition the model (default: trained for a frame-conditioned "
+                            "checkpoint, else reconstruction guidance)")
+    given.add_argument("--frames-weight", type=float, default=1.0, help="w_r of reconstruction guidance (default 1)")
+    given.add_argument("--window", type=int, help="--extend: frames per window (default: the training clip length)")
+    given.add_argument("--overlap", type=int,
+                       help="--extend: given frames per window, 1 + 4 m with the causal VAE (default: about half)")
     return p.parse_args(argv)
 
 
@@ -70,6 +89,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         captions += [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
     if not captions:
         sys.exit("sample.py: give at least one --prompt or a --prompts file")
+    given = args.image or args.extend or args.interpolate
+    if args.extend and args.frames is None:
+        sys.exit("sample.py: --extend needs --frames, the length to extend the clip to")
+    if given and args.grid:
+        sys.exit("sample.py: --grid does not work with --image / --extend / --interpolate yet")
     if args.cascade:
         if args.grid:
             sys.exit("sample.py: --grid works with --ckpt, not yet with --cascade")
@@ -80,13 +104,61 @@ def main(argv: list[str] | None = None) -> list[Path]:
         model, ckpt = load_model(args.ckpt, args.device, ema=not args.no_ema)
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f"sample.py: {exc}")
-    shape = clip_shape(ckpt, args.frames, args.height, args.width)
+    shape = clip_shape(ckpt, None if args.extend else args.frames, args.height, args.width)
     if shape is None:
         sys.exit("sample.py: the checkpoint does not record the clip shape; pass --frames, --height and --width")
+    if given:
+        return run_frames(args, captions, model, shape)
     paths = write_samples(model, captions, shape, args.out, seed=args.seed, fps=args.fps, steps=args.steps,
                           sampler=args.sampler, guidance=args.guidance, eta=args.eta, grid=args.grid)
     for path, caption in zip(paths, captions):
         print(f"{path}\t{caption}")
+    return paths
+
+
+def run_frames(args: argparse.Namespace, captions: list[str], model, shape: tuple[int, int, int],
+               upsample=None, out_fps: float | None = None) -> list[Path]:
+    """--image / --extend / --interpolate: caption i with seed + i, written as mp4s (through the cascade's SR
+    stages when ``upsample`` is given). ``shape``: (frames, height, width) of the base model's samples."""
+    import torch
+
+    from latentvid.data.video import write_video
+    from latentvid.data.video_log import slug
+    from latentvid.pipelines.frames import (
+        FrameOptions,
+        extend_video,
+        image_to_video,
+        interpolate_video,
+        read_frames_input,
+    )
+
+    frames, height, width = shape
+    opts = FrameOptions(method=args.frames_method, weight=args.frames_weight, steps=args.steps, sampler=args.sampler,
+                        guidance=args.guidance, eta=args.eta or 0.0, fps=args.fps)
+    out = Path(args.out)
+    single = len(captions) == 1 and out.suffix == ".mp4"
+    paths = []
+    try:
+        if args.image:
+            source = read_frames_input(args.image, "image", height, width)
+        else:
+            source = read_frames_input(args.extend or args.interpolate, "video", height, width)
+        for i, caption in enumerate(captions):
+            g = torch.Generator(device=model.device).manual_seed(args.seed + i)
+            if args.image:
+                video = image_to_video(model, source, [caption], frames, opts, g)
+            elif args.extend:
+                video = extend_video(model, source, [caption], args.frames, args.window or frames, args.overlap, opts, g)
+            else:
+                video = interpolate_video(model, source, [caption], args.factor, opts, g)
+            if upsample is not None:
+                video = upsample(video, [caption], seed=args.seed + i, progress=False)
+            path = out if single else out / f"{i:02d}_{slug(caption)}.mp4"
+            write_video(path, video[0].float().cpu(), fps=out_fps or args.fps)
+            paths.append(path)
+            print(f"{path}\t{caption}")
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"sample.py: {exc}")
     return paths
 
 
@@ -101,7 +173,8 @@ def run_cascade(args: argparse.Namespace, captions: list[str]) -> list[Path]:
         config = load_config(args.cascade)
         base = config.base
         for key in ("steps", "sampler", "guidance", "eta", "frames", "height", "width", "fps"):
-            if getattr(args, key) is not None:  # command-line values override the YAML's base stage
+            if getattr(args, key) is not None and not (key == "frames" and args.extend):  # (--extend: the target)
+                # command-line values override the YAML's base stage
                 setattr(base, key, getattr(args, key))
         if args.no_ema:
             base.ema = False
@@ -110,6 +183,12 @@ def run_cascade(args: argparse.Namespace, captions: list[str]) -> list[Path]:
         pipe = CascadePipeline.from_config(config, args.device)
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f"sample.py: {exc}")
+    if args.image or args.extend or args.interpolate:  # the base makes the video around the given frames
+        args.fps = pipe.base_config.fps
+        args.eta = pipe.base_config.eta
+        for key in ("steps", "sampler", "guidance"):
+            setattr(args, key, getattr(pipe.base_config, key))
+        return run_frames(args, captions, pipe.base, pipe.base_shape, upsample=pipe.upsample, out_fps=pipe.output_fps)
     plan = pipe.plan()
     print("cascade: " + " -> ".join(f"{p.name} {p.output_shape[0]}x{p.output_shape[1]}x{p.output_shape[2]} "
                                     f"@ {p.fps:g} fps" for p in plan), file=sys.stderr)

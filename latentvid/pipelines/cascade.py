@@ -237,10 +237,11 @@ class CascadePipeline:
 
     from_yaml = from_config
 
-    def plan(self) -> list[PlannedStage]:
+    def plan(self, base_shape: Shape | None = None) -> list[PlannedStage]:
         """The shapes through the cascade (base first); raises :class:`ChainError` naming every stage
-        whose expected input differs from what the previous stage gives."""
-        shape, fps = self.base_shape, float(self.base_config.fps)
+        whose expected input differs from what the previous stage gives. ``base_shape``: what the base
+        step gives when it is not the base model's own shape (a video from :meth:`upsample`)."""
+        shape, fps = base_shape or self.base_shape, float(self.base_config.fps)
         plan = [PlannedStage("base", "base", None, shape, fps)]
         problems = []
         for cfg, model in self.stages:
@@ -297,6 +298,24 @@ class CascadePipeline:
         video = self.base.sample([caption], *self.base_shape, fps=b.fps, steps=b.steps, sampler=b.sampler,
                                  guidance_scale=b.guidance, eta=b.eta, generator=g, progress=progress)
         bar.update()
+        return self._stages(video, caption, plan, g, progress, bar)
+
+    @torch.no_grad()
+    def upsample(self, videos: Tensor, captions: list[str], seed: int = 0, progress: bool = True) -> Tensor:
+        """Run the SR stages on base-resolution videos (B, 3, T, H, W) in [-1, 1] made some other way, e.g.
+        by :mod:`latentvid.pipelines.frames` with ``self.base`` (image-to-video, extension, interpolation);
+        video i uses a generator seeded with ``seed + i``. The chain is checked for their shape first."""
+        plan = self.plan(tuple(int(n) for n in videos.shape[2:]))
+        out = []
+        for i, caption in enumerate(captions):
+            g = torch.Generator(device=self.base.device).manual_seed(seed + i)
+            bar = tqdm(total=len(plan) - 1, desc=caption[:40], unit="stage", disable=not progress)
+            out.append(self._stages(videos[i: i + 1].to(self.base.device), caption, plan, g, progress, bar))
+        return torch.cat(out)
+
+    def _stages(self, video: Tensor, caption: str, plan: list[PlannedStage], g: torch.Generator, progress: bool,
+                bar) -> Tensor:
+        """The SR stages of ``plan`` on one base video (1, 3, T, H, W)."""
         for (cfg, model), step in zip(self.stages, plan[1:]):
             bar.set_postfix_str(f"{cfg.name} ({step.kind}) -> {_fmt(step.output_shape)}")
             video = model.sample(video, [caption], fps=step.fps, steps=cfg.steps, sampler=cfg.sampler,

@@ -221,3 +221,27 @@ def interpolate_video(model: LatentDiffusion, clips: Tensor, captions: list[str]
     mask[::factor] = True
     video = sample_with_frames(model, captions, pixels, mask, options, generator)
     return torch.where(mask.to(video.device)[None, None, :, None, None], pixels.to(video), video)
+
+
+def read_frames_input(path: str, kind: str, height: int, width: int) -> Tensor:
+    """The given frames of a tool run, in [-1, 1]: ``kind="image"`` -> (1, 3, H, W), ``"video"`` -> (1, 3, T, H, W).
+
+    The file must exist and be (height, width), the size the model samples; FileNotFoundError /
+    ValueError otherwise, with one line naming the file and the value.
+    """
+    import os
+
+    from latentvid.data.video import from_uint8, read_frames, read_image
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{kind} file {path} does not exist")
+    try:
+        frames = read_image(path)[None] if kind == "image" else read_frames(path)  # (T, H, W, 3) uint8
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"cannot read {kind} {path}: {str(err).splitlines()[0][:200]}") from err
+    h, w = frames.shape[1:3]
+    if (h, w) != (height, width):
+        raise ValueError(f"{kind} {path} is {h}x{w} (height x width) but the model samples {height}x{width}: "
+                         f"resize it, or pass --height / --width")
+    video = from_uint8(frames)  # (3, T, H, W)
+    return video[:, 0][None] if kind == "image" else video[None]

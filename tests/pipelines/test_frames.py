@@ -156,3 +156,41 @@ def test_bad_inputs_name_the_value(models):
         extend_video(model, clip(1), CAPTION, 17, window=9)
     with pytest.raises(ValueError, match="frame-conditioned"):
         image_to_video(models["plain"], clip()[:, :, 0], CAPTION, 9, FrameOptions(method="trained"))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*RANDOMLY INITIALISED")
+def test_the_cascade_chains_the_frames_functions(tiny_cascade, tmp_path):
+    import subprocess
+    import sys
+
+    from latentvid.data.video import video_info, write_png
+    from latentvid.pipelines.cascade import ChainError, CascadePipeline
+
+    config = {"base": {"ckpt": str(tiny_cascade["base"]), "steps": 2, "guidance": 2.0},
+              "stages": [{"name": "tsr", "ckpt": str(tiny_cascade["tsr"]), "steps": 2},
+                         {"name": "ssr", "ckpt": str(tiny_cascade["ssr"]), "steps": 2}]}
+    pipe = CascadePipeline.from_config(config)
+    image = torch.rand(1, 3, 8, 8) * 2 - 1
+    opts = FrameOptions(steps=2, weight=2.0)
+    base = image_to_video(pipe.base, image, CAPTION, 2, opts, torch.Generator().manual_seed(0))
+    assert base.shape == (1, 3, 2, 8, 8)
+    torch.testing.assert_close(base[:, :, 0], image.clamp(-1, 1))  # pixel space: the image itself
+    final = pipe.upsample(base, CAPTION, seed=0, progress=False)
+    assert final.shape == (1, 3, 4, 16, 16)  # TSR x2 frames, SSR x2 pixels
+    longer = extend_video(pipe.base, base, CAPTION, 3, window=2, overlap=1, options=opts)
+    assert longer.shape == (1, 3, 3, 8, 8)
+    with pytest.raises(ChainError, match="expects 2 input frames"):  # the TSR was trained on 2 frames
+        pipe.upsample(longer, CAPTION, progress=False)
+    # and through the tool: --cascade with --image
+    import yaml
+
+    (tmp_path / "cascade.yaml").write_text(yaml.safe_dump(config))
+    write_png(tmp_path / "first.png", image[0])
+    out = tmp_path / "i2v.mp4"
+    res = subprocess.run([sys.executable, str(VAE.parents[2] / "tools" / "sample.py"), "--cascade",
+                          str(tmp_path / "cascade.yaml"), "--image", str(tmp_path / "first.png"), "--prompt", CAPTION[0],
+                          "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = video_info(out)
+    assert (info["num_frames"], info["height"], info["width"]) == (4, 16, 16) and info["fps"] == pytest.approx(16.0)
