@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: ``python tools/benchmark.py {unet,dit,data,buckets,motion,sampling,resilience} [options]`` (``--help`` on each).
+"""Benchmarks: ``python tools/benchmark.py {unet,dit,data,buckets,motion,sampling,resilience,frames} [options]`` (``--help`` on each).
 
 Each benchmark lives in ``benchmarks/<name>.py`` with a ``main(argv)`` and measures what it
 compares in the same run, printing ratios against a baseline rather than absolute targets.
@@ -24,6 +24,7 @@ BENCHMARKS = {
     "motion": "does the caption's direction word move the shape? probe accuracy against steps for diagnosis variants",
     "sampling": "teacher solvers (DDIM, DPM-Solver++) vs distilled students: probe, MSE to a 200-step sample, s/video",
     "resilience": "step-time cost of the resume/NaN-guard/preemption callbacks, atomic vs Lightning checkpoint writes",
+    "frames": "extension, image-to-video, interpolation on held-out shapes: replacement vs guidance vs trained",
 }
 
 

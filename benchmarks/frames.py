@@ -1,0 +1,233 @@
+"""Conditioning on given frames, measured on held-out shapes combinations (issue 18 item 4).
+
+``python tools/benchmark.py frames --base runs/base [--i2v runs/i2v] [options]`` renders ``--samples``
+clips of the held-out colour / shape / direction combinations (fresh seeds from ``--seed``) and, for
+each method side by side (training-free replacement and reconstruction guidance at each ``--weights``
+w_r on the base checkpoint; the trained frame conditioning of the ``--i2v`` checkpoint), measures:
+
+* extension, 9 -> ``--extend-to`` frames (windows of the training length, overlap 5): the shapes probe
+  (:func:`latentvid.metrics.shapes.classify_video`) on each 9-frame stretch of new frames (stride 8)
+  against the probe of the input clip (colour, shape, direction, and all three), and at each window
+  seam the jump of the shape's centroid between the last kept and the first new frame over the input
+  clip's mean per-frame step (the share of seams at most 1.5x, and the median ratio);
+* image-to-video: PSNR of the generated first frame against the given image, beside the VAE's
+  reconstruction PSNR of that image (the best a latent model can do); whether the clip moves (probe
+  direction not static) and whether it moves the caption's way;
+* interpolation, 5 -> 9 frames (every other frame of a rendered 9-frame clip given): PSNR of the new
+  frames against the true ones, beside linear blending of their neighbours.
+
+Prints one table and writes everything (per-sample values included) to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from latentvid.data.shapes import HELD_OUT, render_clip, video_caption  # noqa: E402
+from latentvid.data.video import from_uint8  # noqa: E402
+from latentvid.metrics.shapes import classify_video, foreground_mask  # noqa: E402
+from latentvid.pipelines.frames import FrameOptions, extend_video, image_to_video, interpolate_video  # noqa: E402
+
+ATTRIBUTES = ("colour", "shape", "direction")
+SEAM_LIMIT = 1.5  # the issue's bound on a seam's jump, in in-clip per-frame steps
+
+
+def held_out_inputs(n: int, seed: int, frames: int = 9, size: int = 32) -> tuple[list[str], Tensor]:
+    """n captions and clips (n, 3, frames, size, size) in [-1, 1]: held-out combination i % 6, seed + i."""
+    combos = [HELD_OUT[i % len(HELD_OUT)] for i in range(n)]
+    clips = [from_uint8(render_clip(*c, num_frames=frames, size=size, rng=np.random.default_rng(seed + i)))
+             for i, c in enumerate(combos)]
+    return [video_caption(*c) for c in combos], torch.stack(clips)
+
+
+def psnr(a: Tensor, b: Tensor) -> Tensor:
+    """PSNR (dB) per sample of a, b (B, ...) in [-1, 1] (peak-to-peak 2)."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def centroids(video: Tensor) -> Tensor:
+    """Foreground centroid (x, y) per frame of video (3, T, H, W): (T, 2), NaN where no foreground."""
+    mask = foreground_mask(video).float()  # (T, H, W)
+    n = mask.sum((1, 2))
+    ys, xs = torch.arange(mask.shape[1]).float(), torch.arange(mask.shape[2]).float()
+    cx = (mask.sum(1) * xs).sum(1) / n
+    cy = (mask.sum(2) * ys).sum(1) / n
+    return torch.stack([cx, cy], dim=1)
+
+
+def seam_ratios(video: Tensor, seams: list[int], step: float) -> list[float]:
+    """|centroid[k] - centroid[k - 1]| / step at each seam frame k of video (3, T, H, W) (NaN: no shape)."""
+    c = centroids(video)
+    return [float((c[k] - c[k - 1]).norm() / max(step, 1e-6)) for k in seams]
+
+
+def mean_step(clip: Tensor) -> float:
+    """The input clip's mean per-frame centroid displacement (pixels)."""
+    c = centroids(clip)
+    return float((c[1:] - c[:-1]).norm(dim=1).nanmean())
+
+
+def extension_scores(videos: Tensor, clips: Tensor, window: int, overlap: int) -> dict:
+    """Probe agreement of each new 9-frame stretch with the input clip, and the seams' jumps."""
+    t0, total = clips.shape[2], videos.shape[2]
+    stretches = [(s, s + t0) for s in range(t0 - 1, total - t0 + 1, t0 - 1)]  # new frames, stride 8
+    seams = list(range(t0, total, window - overlap))
+    agree = {a: [] for a in (*ATTRIBUTES, "all")}
+    ratios = []
+    for video, clip in zip(videos, clips):
+        ref = classify_video(clip)
+        for lo, hi in stretches:
+            got = classify_video(video[:, lo:hi])
+            hits = [got[a] == ref[a] for a in ATTRIBUTES]
+            for a, hit in zip(ATTRIBUTES, hits):
+                agree[a].append(hit)
+            agree["all"].append(all(hits))
+        ratios += seam_ratios(video, seams, mean_step(clip))
+    r = np.array(ratios, dtype=np.float64)
+    finite = r[np.isfinite(r)]
+    return {**{f"probe_{a}": float(np.mean(v)) for a, v in agree.items()},
+            "seam_within": float(np.mean(finite <= SEAM_LIMIT)) if len(finite) else float("nan"),
+            "seam_median": float(np.median(finite)) if len(finite) else float("nan"),
+            "seams_without_shape": int((~np.isfinite(r)).sum()), "stretches": stretches, "seams": seams}
+
+
+def i2v_scores(videos: Tensor, images: Tensor, recon: Tensor, captions: list[str]) -> dict:
+    first = psnr(videos[:, :, 0], images)
+    vae = psnr(recon, images)
+    probes = [classify_video(v) for v in videos]
+    want = [c.rsplit(" ", 1)[-1] for c in captions]
+    return {"first_psnr": float(first.mean()), "vae_psnr": float(vae.mean()),
+            "first_minus_vae": float((first - vae).mean()),
+            "moves": float(np.mean([p["direction"] not in (None, "static") for p in probes])),
+            "direction": float(np.mean([p["direction"] == w for p, w in zip(probes, want)])),
+            "first_psnr_per_sample": first.tolist()}
+
+
+def interpolation_scores(videos: Tensor, truth: Tensor) -> dict:
+    new = list(range(1, truth.shape[2], 2))
+    blend = 0.5 * (truth[:, :, [i - 1 for i in new]] + truth[:, :, [i + 1 for i in new]])
+    ours, lin = psnr(videos[:, :, new], truth[:, :, new]), psnr(blend, truth[:, :, new])
+    return {"psnr": float(ours.mean()), "linear_psnr": float(lin.mean()), "beats_linear": float((ours > lin).float().mean())}
+
+
+def batched(fn, n: int, batch: int, *tensors: Tensor, captions: list[str]) -> Tensor:
+    """fn(captions_chunk, *tensor_chunks) over chunks of ``batch`` samples, concatenated."""
+    out = []
+    for lo in range(0, n, batch):
+        out.append(fn(captions[lo: lo + batch], *(t[lo: lo + batch] for t in tensors)).cpu())
+    return torch.cat(out)
+
+
+def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions: list[str], clips: Tensor,
+               args: argparse.Namespace) -> dict:
+    """Every task with one model and method; a fresh generator per task from ``--seed``."""
+    n, row = len(captions), {"method": name}
+    window = args.window
+    if "extend" in tasks:
+        t = time.perf_counter()
+        g = torch.Generator().manual_seed(args.seed)
+        videos = batched(lambda c, x: extend_video(model, x, c, args.extend_to, window, args.overlap, opts, g),
+                         n, args.batch, clips, captions=captions)
+        overlap = args.overlap or 1 + model.first_stage.temporal_factor * ((model.first_stage.latent_frames(window) - 1) // 2)
+        row["extend"] = {**extension_scores(videos, clips, window, overlap), "seconds": time.perf_counter() - t}
+    if "i2v" in tasks:
+        t = time.perf_counter()
+        g = torch.Generator().manual_seed(args.seed + 1)
+        images = clips[:, :, 0]
+        videos = batched(lambda c, x: image_to_video(model, x, c, window, opts, g), n, args.batch, images,
+                         captions=captions)
+        with torch.no_grad():
+            fs = model.first_stage
+            recon = fs.decode(fs.encode(images[:, :, None].to(model.device)))[:, :, 0].clamp(-1, 1).cpu()
+        row["i2v"] = {**i2v_scores(videos, images, recon, captions), "seconds": time.perf_counter() - t}
+    if "interp" in tasks:
+        t = time.perf_counter()
+        g = torch.Generator().manual_seed(args.seed + 2)
+        videos = batched(lambda c, x: interpolate_video(model, x[:, :, ::2], c, 2, opts, g), n, args.batch, clips,
+                         captions=captions)
+        row["interp"] = {**interpolation_scores(videos, clips), "seconds": time.perf_counter() - t}
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"{'method':>16s} | {'ext all':>7s} {'colour':>6s} {'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} "
+            f"{'seam med':>8s} | {'i2v 1st':>7s} {'VAE':>6s} {'diff':>6s} {'moves':>5s} {'dir':>5s} | "
+            f"{'interp':>6s} {'linear':>6s} {'wins':>5s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        e, i, p = r.get("extend"), r.get("i2v"), r.get("interp")
+        ext = (f"{e['probe_all']:7.2f} {e['probe_colour']:6.2f} {e['probe_shape']:6.2f} {e['probe_direction']:5.2f} "
+               f"{e['seam_within']:9.2f} {e['seam_median']:8.2f}" if e else " " * 47)
+        im = (f"{i['first_psnr']:7.2f} {i['vae_psnr']:6.2f} {i['first_minus_vae']:6.2f} {i['moves']:5.2f} "
+              f"{i['direction']:5.2f}" if i else " " * 33)
+        it = f"{p['psnr']:6.2f} {p['linear_psnr']:6.2f} {p['beats_linear']:5.2f}" if p else ""
+        lines.append(f"{r['method']:>16s} | {ext} | {im} | {it}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="benchmark.py frames", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="text-to-video checkpoint (or run root): the training-free methods")
+    p.add_argument("--i2v", help="frame-conditioned checkpoint (configs/i2v.yaml): the trained conditioning")
+    p.add_argument("--samples", type=int, default=48, help="held-out clips (combination i %% 6, seed + i)")
+    p.add_argument("--seed", type=int, default=1000, help="first clip seed and the samplers' seed (fresh: not 0..)")
+    p.add_argument("--tasks", default="extend,i2v,interp", help="comma-separated: extend, i2v, interp")
+    p.add_argument("--weights", default="1,5", help="w_r values of reconstruction guidance (comma-separated)")
+    p.add_argument("--no-replacement", dest="replacement", action="store_false")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps")
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    p.add_argument("--extend-to", type=int, default=33)
+    p.add_argument("--window", type=int, default=9, help="extension window and image-to-video length")
+    p.add_argument("--overlap", type=int, default=None, help="given frames per extension window (default 5)")
+    p.add_argument("--batch", type=int, default=16, help="samples per sampler batch")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, help="write the results here (JSON)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from latentvid.pipelines.loading import load_model
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    if not set(tasks) <= {"extend", "i2v", "interp"}:
+        p.error(f"--tasks must be among extend, i2v, interp; got {args.tasks}")
+    captions, clips = held_out_inputs(args.samples, args.seed, args.window, args.size)
+    base, _ = load_model(args.base, args.device)
+    methods = []
+    if args.replacement:
+        methods.append(("replacement", base, "replacement", 1.0))
+    methods += [(f"guidance w_r={float(w):g}", base, "guidance", float(w)) for w in args.weights.split(",") if w]
+    if args.i2v:
+        i2v, _ = load_model(args.i2v, args.device)
+        methods.append(("trained", i2v, "trained", 1.0))
+    rows = []
+    for name, model, method, weight in methods:
+        opts = FrameOptions(method=method, weight=weight, steps=args.steps, sampler=args.sampler,
+                            guidance=args.guidance)
+        rows.append(run_method(name, model, opts, tasks, captions, clips, args))
+        print(f"[{name}] done: " + ", ".join(f"{t} {rows[-1][t]['seconds']:.0f} s" for t in tasks), flush=True)
+    print(table(rows))
+    result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "held_out": [list(c) for c in HELD_OUT], "rows": rows}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

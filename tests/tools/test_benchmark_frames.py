@@ -1,0 +1,58 @@
+"""benchmarks/frames.py (tools/benchmark.py frames): its scores on true clips, where the answers are known,
+and a tiny run of every task and method on a tiny base and frame-conditioned checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentvid.data.shapes import render_clip
+from latentvid.data.video import from_uint8
+
+
+def true_clip(frames: int, seed: int = 3) -> torch.Tensor:
+    """(3, frames, 32, 32): a shape moving at constant speed (slow travel, so it stays in frame)."""
+    return from_uint8(render_clip("red", "square", "left", num_frames=frames, size=32, rng=np.random.default_rng(seed)))
+
+
+def test_scores_of_true_clips(load_script):
+    bench = load_script("benchmarks/frames.py", "latentvid_benchmark_frames")
+    long = torch.stack([true_clip(17, s) for s in range(3)])  # (3, 3, 17, 32, 32)
+    ext = bench.extension_scores(long, long[:, :, :9], window=9, overlap=5)
+    assert ext["stretches"] == [(8, 17)] and ext["seams"] == [9, 13]
+    assert ext["probe_all"] == 1.0  # a true continuation keeps colour, shape and direction
+    assert ext["seam_within"] == 1.0 and 0.5 < ext["seam_median"] < 1.5  # its seams step like the clip
+    frozen = long.clone()
+    frozen[:, :, 9:] = long[:, :, 8:9]  # the shape stops at the seam: the next stretch reads (nearly) static
+    assert bench.extension_scores(frozen, long[:, :, :9], 9, 5)["probe_direction"] < 1.0
+    jumped = long.clone()
+    jumped[:, :, 9:] = torch.roll(long[:, :, 9:], shifts=8, dims=-1)  # a jump of 8 px at the first seam
+    assert bench.extension_scores(jumped, long[:, :, :9], 9, 5)["seam_within"] == 0.5
+    interp = bench.interpolation_scores(long[:, :, :9], long[:, :, :9])
+    assert interp["beats_linear"] == 1.0 and interp["psnr"] > interp["linear_psnr"]
+    images = long[:, :, 0]
+    i2v = bench.i2v_scores(long[:, :, :9], images, images, ["a red square moving left"] * 3)
+    assert i2v["first_minus_vae"] == 0.0 and i2v["moves"] == 1.0 and i2v["direction"] == 1.0
+
+
+@pytest.mark.slow
+def test_tiny_frames_run(tmp_path: Path, load_script):
+    from tests.tools.test_sample_frames import config, fit
+
+    bench = load_script("benchmarks/frames.py", "latentvid_benchmark_frames")
+    base = fit(config(tmp_path / "base", tmp_path / "shapes"), tmp_path / "base.yaml")
+    i2v = fit(config(tmp_path / "i2v", tmp_path / "shapes", init_from=str(base), unet={"frame_conditioning": True}),
+              tmp_path / "i2v.yaml")
+    out = tmp_path / "frames.json"
+    result = bench.main(["--base", str(base), "--i2v", str(i2v), "--samples", "2", "--steps", "2", "--weights", "3",
+                         "--extend-to", "17", "--batch", "2", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    assert [r["method"] for r in result["rows"]] == ["replacement", "guidance w_r=3", "trained"]
+    for row in result["rows"]:
+        assert 0.0 <= row["extend"]["probe_all"] <= 1.0 and len(row["extend"]["seams"]) == 2
+        assert len(row["i2v"]["first_psnr_per_sample"]) == 2 and row["i2v"]["vae_psnr"] > 15.0
+        assert np.isfinite(row["interp"]["psnr"]) and np.isfinite(row["interp"]["linear_psnr"])
