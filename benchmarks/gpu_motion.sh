@@ -16,6 +16,8 @@
 #
 # It writes under $OUT: env.txt, fit.log, eval.json, eval.txt, directions.png, summary.txt and the
 # run's tensorboard event file (the validation probe every 1000 steps: the learning curve).
+# MODE=curve instead runs the diagnosis harness (tools/benchmark.py motion) on the full grammar for
+# MINUTES minutes with CURVE_ARGS and writes curve.json / curve.txt (direction, axis and sign against steps).
 # A dry run on a CPU machine (minutes):
 #     PATH=/path/to/venv/bin:$PATH WHEELS=0 DEVICE=cpu FIT_TIME=00:00:00:40 PER_PROMPT=1 OUT=/tmp/gpu_motion \
 #       EXTRA_FIT="--trainer.accelerator cpu --trainer.precision 32-true --data.batch_size 4 --data.num_workers 0" \
@@ -28,6 +30,7 @@ FIT_TIME=${FIT_TIME:-00:00:05:00}   # DD:HH:MM:SS of training (Trainer max_time)
 PER_PROMPT=${PER_PROMPT:-16}
 DEVICE=${DEVICE:-cuda}
 EXTRA_FIT=${EXTRA_FIT:-}
+CURVE_ARGS=${CURVE_ARGS:-"--bf16 --clips-per-combo 64 --min-snr 0 --position-embedding frame --batch-size 256 --lr 2e-3 --ema-decay 0.999 --eval-every 1000"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 phase() { echo; echo "=== $* (t=${SECONDS}s)"; }
@@ -48,6 +51,17 @@ phase "environment"
 '| lightning', lightning.__version__, '| cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
     nproc
 } 2>&1 | tee "$OUT/env.txt"
+
+if [[ ${MODE:-fit} == curve ]]; then
+    # The diagnosis harness (benchmarks/motion.py) on the GPU: the full grammar's learning curve,
+    # with direction split into axis and sign, for MINUTES of training (no Lightning, no loader).
+    phase "motion curve: full grammar, $CURVE_ARGS, ${MINUTES:-3} min"
+    python3 tools/benchmark.py motion --device "$DEVICE" --data full --max-minutes "${MINUTES:-3}" \
+        --steps 1000000 --seeds 8 --out "$OUT/curve.json" $CURVE_ARGS 2>&1 | grep -v RandomTextTower \
+        | tee "$OUT/curve.txt"
+    exit 0
+fi
+CURVE_ARGS=""
 
 phase "train configs/base.yaml + configs/motion-gpu.yaml for $FIT_TIME"
 python3 tools/fit.py -c configs/base.yaml -c configs/motion-gpu.yaml --trainer.max_time "$FIT_TIME" \

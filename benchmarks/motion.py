@@ -68,6 +68,7 @@ class LabelEncoder(nn.Module):
         self.dim = dim
         self.output_dim = dim
         self.is_random = True
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)  # follows .to(device)
 
     def forward(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         out = torch.zeros(len(captions), 1, self.dim)
@@ -75,7 +76,7 @@ class LabelEncoder(nn.Module):
             for word in caption.split():
                 if word in VOCAB:
                     out[i, 0, VOCAB.index(word)] = 1.0
-        return out, torch.ones(len(captions), 1, dtype=torch.bool)
+        return out.to(self.anchor.device), torch.ones(len(captions), 1, dtype=torch.bool, device=self.anchor.device)
 
 
 def combos_for(data: str) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
@@ -93,8 +94,9 @@ class ClipSource:
     """Batches of shapes clips (B, 3, T, H, W) in [-1, 1] with captions, from a fixed pool of
     ``clips_per_combo`` clips per combination (0: a fresh clip for every draw)."""
 
-    def __init__(self, combos, clips_per_combo: int, num_frames: int, size: int, seed: int) -> None:
-        self.combos, self.num_frames, self.size = combos, num_frames, size
+    def __init__(self, combos, clips_per_combo: int, num_frames: int, size: int, seed: int,
+                 device: str | torch.device = "cpu") -> None:
+        self.combos, self.num_frames, self.size, self.device = combos, num_frames, size, torch.device(device)
         self.rng = np.random.default_rng(seed)
         self.pool = None
         if clips_per_combo:
@@ -108,9 +110,10 @@ class ClipSource:
             items = [(c, self._render(c)) for c in (self.combos[i] for i in self.rng.integers(len(self.combos), size=b))]
         else:
             items = [self.pool[i] for i in self.rng.integers(len(self.pool), size=b)]
-        video = torch.stack([from_uint8(f) for _, f in items])  # (B, 3, T, H, W) in [-1, 1]
+        video = torch.stack([from_uint8(f) for _, f in items]).to(self.device)  # (B, 3, T, H, W) in [-1, 1]
         return {"video": video, "caption": [video_caption(*c) for c, _ in items],
-                "fps": torch.full((b,), 8.0), "frame_mask": torch.ones(b, self.num_frames, dtype=torch.bool)}
+                "fps": torch.full((b,), 8.0, device=self.device),
+                "frame_mask": torch.ones(b, self.num_frames, dtype=torch.bool, device=self.device)}
 
 
 def build_model(args) -> torch.nn.Module:
@@ -145,8 +148,8 @@ def probe(model, combos, seeds: int, steps: int, seed: int, num_frames: int, siz
     """Shapes-probe accuracies (colour, shape, direction, all) of ``seeds`` samples per combination,
     and how often each direction (or "static") was seen."""
     captions = [video_caption(*c) for c in combos for _ in range(seeds)]
-    g = torch.Generator().manual_seed(seed)
-    videos = model.sample(captions, num_frames, size, size, steps=steps, generator=g)
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    videos = model.sample(captions, num_frames, size, size, steps=steps, generator=g).float().cpu()
     seen: dict[str, int] = {}
     got = []
     for video in videos:  # what the wrong ones do instead: static, or which other way
@@ -249,6 +252,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--analyse", action="store_true", help="loss gap per logSNR band and decision curve at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device (cuda: see benchmarks/gpu_motion.sh)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the training step (cuda)")
+    p.add_argument("--ema-decay", type=float, default=0.99, help="final EMA decay (warmed up as (1+s)/(10+s))")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop training after this many minutes (then evaluate once more)")
     p.add_argument("--out", type=Path, help="write the results here (JSON)")
     p.add_argument("--save", type=Path, help="save the EMA U-Net's state dict here")
     p.add_argument("--mean-clips", action="store_true",
@@ -271,8 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
     num_frames, size = 9, 32
 
     train_combos, eval_combos = combos_for(args.data)
-    source = ClipSource(train_combos, args.clips_per_combo, num_frames, size, args.seed)
-    model = build_model(args)
+    source = ClipSource(train_combos, args.clips_per_combo, num_frames, size, args.seed, args.device)
+    model = build_model(args).to(args.device)
     ema = copy.deepcopy(model).eval()
     params = [q for q in model.unet.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -281,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows, start, losses = [], time.time(), []
     for step in range(1, args.steps + 1):
         model.train()
-        loss = model.diffusion_loss(source.batch(args.batch_size))
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss = model.diffusion_loss(source.batch(args.batch_size))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -289,10 +298,11 @@ def main(argv: list[str] | None = None) -> dict:
         sched.step()
         losses.append(float(loss.detach()))
         with torch.no_grad():
-            decay = min(0.99, (1 + step) / (10 + step))
+            decay = min(args.ema_decay, (1 + step) / (10 + step))
             for pe, pm in zip(ema.unet.parameters(), model.unet.parameters()):
                 pe.lerp_(pm, 1.0 - decay)
-        if step % args.eval_every == 0 or step == args.steps:
+        out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
+        if step % args.eval_every == 0 or step == args.steps or out_of_time:
             acc = probe(ema, eval_combos, args.seeds, args.sample_steps, 1000 + args.seed, num_frames, size)
             row = {"step": step, "loss": float(np.mean(losses[-50:])), **acc, "minutes": (time.time() - start) / 60}
             rows.append(row)
@@ -300,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"sign {acc['sign']:.2f})  colour "
                   f"{acc['colour']:.2f}  shape {acc['shape']:.2f}  seen {acc['directions_seen']}  ({row['minutes']:.1f} min)",
                   flush=True)
+        if out_of_time:
+            break
     result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "curve": rows}
     if args.analyse:
         result["loss_gap"] = loss_gap(ema, source)
