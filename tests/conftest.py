@@ -150,3 +150,20 @@ def tiny_sd(tmp_path_factory) -> Callable[..., Path]:
         return made[kind, seed]
 
     return make
+
+
+# ---- tiny random diffusers video pipeline folders (Wan, CogVideoX, LTX-Video) ---------------------
+
+@pytest.fixture(scope="session")
+def tiny_video(tmp_path_factory, load_script) -> Callable[..., Path]:
+    """Factory ``tiny_video(kind="wan", seed=0) -> Path`` of a cached tiny random pipeline folder
+    (tests/tiny_video_folders.py; treat as read-only)."""
+    builders = load_script("tests/tiny_video_folders.py", "tiny_video_folders").BUILDERS
+    made: dict[tuple[str, int], Path] = {}
+
+    def make(kind: str = "wan", seed: int = 0) -> Path:
+        if (kind, seed) not in made:
+            made[kind, seed] = builders[kind](tmp_path_factory.mktemp(f"{kind}_{seed}"), seed)
+        return made[kind, seed]
+
+    return make

@@ -222,6 +222,8 @@ class LatentDiffusion(LightningModule):
         if getattr(self.unet, "pretrained", None) and hasattr(self.unet, "is_temporal"):
             keys |= {f"unet.{name}" for name, p in self.unet.named_parameters()
                      if not p.requires_grad and not self.unet.is_temporal(name)}
+        if hasattr(self.unet, "frozen_state_keys"):  # a pretrained video transformer's frozen base under LoRA
+            keys |= {f"unet.{k}" for k in self.unet.frozen_state_keys()}
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -212,3 +212,98 @@ class DiffusersCogVideoXVAE(_FrozenDiffusersVAE):
                 f"the CogVideoX VAE decodes an odd number of latent frames only, got {latents.shape[2]}"
             )
         return self.vae.decode(self._from_latent(latents)).sample.to(latents.dtype)
+
+
+def channel_stats(config: Any, folder: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel ``latents_mean`` / ``latents_std`` (n,) of a video VAE's config; ValueError naming
+    the file when either is missing or has the wrong length."""
+    stats = []
+    for key in ("latents_mean", "latents_std"):
+        value = getattr(config, key, None)
+        if value is None or len(value) != n:
+            raise ValueError(f"{folder / 'config.json'}: {key} must list {n} values (one per latent channel), "
+                             f"got {value!r}")
+        stats.append(torch.tensor([float(v) for v in value], dtype=torch.float32))
+    if bool((stats[1] <= 0).any()):
+        raise ValueError(f"{folder / 'config.json'}: latents_std must be > 0, got {stats[1].tolist()}")
+    return stats[0], stats[1]
+
+
+class _ChannelNormalisedVAE(_FrozenDiffusersVAE):
+    """A causal video VAE whose latents are normalised per channel, ``(z - mean) / std * scale``
+    (Wan: scale 1; LTX-Video: its config's ``scaling_factor``), the way its diffusers pipeline does.
+    ``mean`` / ``std`` are non-persistent buffers: they come from the config, not the checkpoint."""
+
+    def _setup(self, vae: Any, folder: Path, channels: int, temporal: int, spatial: int, scale: float) -> None:
+        vae.requires_grad_(False)
+        vae.eval()
+        self.vae = vae
+        self.latent_channels, self.temporal_factor, self.spatial_factor = channels, temporal, spatial
+        self.scale, self.shift = float(scale), 0.0
+        mean, std = channel_stats(vae.config, folder, channels)
+        self.register_buffer("latents_mean", mean.view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("latents_std", std.view(1, -1, 1, 1, 1), persistent=False)
+        self.weights_path = str(folder)
+
+    def _to_latent(self, posterior: Any, generator: torch.Generator | None) -> torch.Tensor:
+        z = posterior.mode() if generator is None else posterior.sample(generator)
+        return (z.float() - self.latents_mean) / self.latents_std * self.scale  # (B, C, t, h, w)
+
+    def _from_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents.float() / self.scale * self.latents_std + self.latents_mean).to(self.vae.dtype)
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Video (B, 3, T, H, W) in [-1, 1], T = 1 + tf * k -> normalised latents (B, C, 1 + k, H / sf, W / sf).
+
+        Posterior samples drawn from ``generator`` when given, else posterior means.
+        """
+        self._check_video(video)
+        posterior = self.vae.encode(video.to(self.vae.dtype)).latent_dist
+        return self._to_latent(posterior, generator).to(video.dtype)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, t, h, w) -> video (B, 3, 1 + (t - 1) * tf, h * sf, w * sf)."""
+        self._check_latents(latents)
+        return self.vae.decode(self._from_latent(latents)).sample.to(latents.dtype)
+
+
+class DiffusersWanVAE(_ChannelNormalisedVAE):
+    """Wan 2.1 / 2.2's causal 3D VAE (diffusers ``AutoencoderKLWan``).
+
+    Video (B, 3, T, H, W), T = 1 + tf * k <-> latents (B, z_dim, 1 + k, H / sf, W / sf) normalised per
+    channel with the config's ``latents_mean`` / ``latents_std`` as WanPipeline does; ``temporal_factor``
+    and ``spatial_factor`` are the config's ``scale_factor_temporal`` / ``scale_factor_spatial``
+    (Wan 2.1: 4 and 8, 16 channels; Wan 2.2 TI2V-5B: 4 and 16, 48 channels).
+
+    Args:
+        path: local diffusers folder (a Wan pipeline folder with a ``vae`` subfolder, or the VAE folder
+            itself with ``subfolder=None``). Nothing is downloaded.
+        subfolder: subfolder of ``path`` holding the VAE's config.json, or None.
+        tiling: enable diffusers' spatial tiling for large frames (approximate, saves memory).
+    """
+
+    def __init__(self, path: str, subfolder: str | None = "vae", tiling: bool = False) -> None:
+        super().__init__()
+        folder = model_folder(path, subfolder, "AutoencoderKLWan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers --include 'vae/*'")
+        check_class(folder, "AutoencoderKLWan")
+        from diffusers import AutoencoderKLWan  # lazy: diffusers is slow to import
+
+        vae = AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True)
+        cfg = vae.config
+        self._setup(vae, folder, int(cfg.z_dim), int(cfg.scale_factor_temporal), int(cfg.scale_factor_spatial), 1.0)
+        if tiling:
+            self.vae.enable_tiling()
+
+
+def check_class(folder: Path, expected: str) -> None:
+    """ValueError naming ``folder/config.json`` when its ``_class_name`` is another diffusers class."""
+    import json
+
+    file = folder / "config.json"
+    try:
+        name = json.loads(file.read_text(encoding="utf-8")).get("_class_name")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from err
+    if name is not None and name != expected:
+        raise ValueError(f"{file}: _class_name is {name!r}, expected {expected!r} (is `path` the right model folder?)")

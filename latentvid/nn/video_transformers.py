@@ -1,0 +1,395 @@
+"""Pretrained diffusers video transformers (Wan 2.1 / 2.2 T2V, CogVideoX, LTX-Video) as latentvid denoisers.
+
+Each class is an adapter, like the diffusers VAEs: it loads the model from a local diffusers folder
+(nothing downloads), maps latentvid's inputs (z, logSNR, text tokens, mask) to the model's own
+(latent layout, timestep convention) and returns the model's raw prediction, which
+:class:`~latentvid.models.latent_diffusion.LatentDiffusion` reads as its ``target``:
+
+=============  ===============================  =========================  ====================  ========
+model          process (schedule)               timestep from logSNR       prediction (target)   text
+=============  ===============================  =========================  ====================  ========
+Wan            rectified flow, sigma = t        1000 sigma                 eps - x0 (``flow``)   UMT5
+CogVideoX      VP, its DDPM table (zero SNR     fractional index n in the  v (``v``)             T5
+               at n = N-1, SNR shift)           table (:func:`timestep`)
+LTX-Video      rectified flow, sigma = t        1000 sigma                 eps - x0 (``flow``)   T5
+=============  ===============================  =========================  ====================  ========
+
+with sigma = sigmoid(-logSNR / 2) on the flow (:func:`flow_timestep`). So the schedule owns the noise
+levels (and SD3's shift), and every latentvid sampler, CFG and the training loss work unchanged.
+
+Fine-tuning: the whole transformer (``lora_rank: null``), or LoRA adapters through peft
+(``lora_rank``, ``lora_alpha``, ``lora_target_modules``, ``lora_dropout``) with the base frozen and
+left out of checkpoints (:meth:`PretrainedVideoTransformer.frozen_state_keys`). :meth:`save_lora`
+writes the adapters in the layout the diffusers pipelines load with ``pipe.load_lora_weights``,
+and ``lora_weights`` loads such a file back. ``gradient_checkpointing`` recomputes each block in
+backward; ``dtype: bfloat16`` holds the weights in bf16; :func:`fsdp_wrap_policy` wraps each
+transformer block in its own FSDP unit.
+
+Inputs the pretrained models have no use for: ``fps`` is ignored (none of them is conditioned on
+the frame rate); a ``frame_mask`` with padded frames is refused (their attention sees every frame,
+so padding would change the valid frames' predictions: train on full clips, ``image_ratio: 0``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+"""The attention projections of every block (self- and cross-attention), as in diffusers' training scripts."""
+
+
+# ---- the timestep conventions (pure functions) ---------------------------------------------------
+def flow_sigma(logsnr: Tensor) -> Tensor:
+    """logSNR (...) -> the flow's sigma = t = sigmoid(-logSNR / 2) (...) float64 (+-inf -> 0 / 1 exactly)."""
+    return torch.sigmoid(-0.5 * logsnr.to(torch.float64))
+
+
+def flow_timestep(logsnr: Tensor, num_train_timesteps: int = 1000) -> Tensor:
+    """logSNR (...) -> a flow-matching model's timestep N * sigma (...) float64 (Wan, LTX-Video: N = 1000)."""
+    return num_train_timesteps * flow_sigma(logsnr)
+
+
+def logsnr_from_flow_sigma(sigma: Tensor) -> Tensor:
+    """The inverse of :func:`flow_sigma`: sigma (...) -> logSNR = 2 log((1 - sigma) / sigma) (...)."""
+    s = sigma.to(torch.float64)
+    return 2.0 * (torch.log1p(-s) - torch.log(s))
+
+
+def flow_match_logsnrs(steps: int, shift: float = 1.0, num_train_timesteps: int = 1000) -> Tensor:
+    """(steps + 1,) logSNRs of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=shift)`` default grid.
+
+    Its sigmas are ``steps`` values evenly spaced in the unshifted sigma from 1 down to the shifted
+    training minimum, shifted by shift s / (1 + (shift - 1) s), then a final 0 (logSNR -inf ... +inf).
+    Give it to a latentvid sampler to take exactly the diffusers pipelines' steps.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    n = num_train_timesteps
+
+    def shifted(s: Tensor) -> Tensor:
+        return shift * s / (1.0 + (shift - 1.0) * s)
+
+    sigma_min = float(shifted(torch.tensor(1.0 / n, dtype=torch.float64)))
+    # set_timesteps goes through float32 numpy timesteps: round the same way so the grids agree
+    sigmas = torch.linspace(n * 1.0, n * sigma_min, steps, dtype=torch.float64).float().double() / n
+    sigmas = shifted(sigmas).float().double()
+    lam = logsnr_from_flow_sigma(sigmas)
+    return torch.cat([lam, torch.tensor([float("inf")], dtype=torch.float64)]).float()
+
+
+# ---- FSDP -----------------------------------------------------------------------------------------
+BLOCK_CLASSES = {
+    "WanTransformer3DModel": "diffusers.models.transformers.transformer_wan.WanTransformerBlock",
+    "CogVideoXTransformer3DModel": "diffusers.models.transformers.cogvideox_transformer_3d.CogVideoXBlock",
+    "LTXVideoTransformer3DModel": "diffusers.models.transformers.transformer_ltx.LTXVideoTransformerBlock",
+}
+"""Each model's repeated block: the unit of FSDP wrapping (and of gradient checkpointing)."""
+
+
+def _import(path: str) -> type:
+    module, name = path.rsplit(".", 1)
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def fsdp_wrap_policy(module: nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+    """FSDP ``auto_wrap_policy``: one FSDP unit per transformer block of any model in :data:`BLOCK_CLASSES`
+    (name it in the trainer's ``strategy: FSDPStrategy`` init args; the rest of the model is the root unit)."""
+    if recurse:
+        return True
+    return isinstance(module, tuple(_import(p) for p in BLOCK_CLASSES.values()))
+
+
+# ---- the shared adapter -----------------------------------------------------------------------------
+def read_model_config(folder: Path, expected: str) -> dict[str, Any]:
+    """``folder/config.json`` of a diffusers model whose ``_class_name`` must be ``expected``;
+    FileNotFoundError / ValueError naming the path and the key at fault."""
+    file = folder / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"no {expected} at {folder} (config.json not found). Point `pretrained` at a local diffusers "
+            f"pipeline folder (transformer/, vae/, text_encoder/, tokenizer/, scheduler/), downloaded on a "
+            f"machine with internet, e.g. `huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir <dir>`."
+        )
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from err
+    name = config.get("_class_name")
+    if name != expected:
+        raise ValueError(f"{file}: _class_name is {name!r}, expected {expected!r} (is `pretrained` a folder of "
+                         f"the model this class wraps?)")
+    return config
+
+
+class PretrainedVideoTransformer(nn.Module):
+    """A diffusers video transformer from a local folder with latentvid's denoiser ``forward``.
+
+    Subclasses name the diffusers class (``diffusers_class``), its LoRA loader mixin (``lora_loader``),
+    and implement :meth:`timestep` and :meth:`predict`.
+
+    Args:
+        pretrained: local diffusers pipeline folder (``transformer/config.json`` + weights).
+        subfolder: the transformer's subfolder of ``pretrained`` (None: ``pretrained`` is that folder).
+        variant: weights variant, e.g. ``"fp16"``.
+        dtype: the weights' dtype, ``"float32"``, ``"bfloat16"`` or ``"float16"`` (LoRA adapters stay float32).
+        lora_rank: None trains the whole transformer; a rank adds LoRA adapters (peft) and freezes the base.
+        lora_alpha: LoRA scale numerator (the update is alpha / rank * B A); None = ``lora_rank``.
+        lora_target_modules: module names (suffixes) that get adapters.
+        lora_dropout: dropout on the adapters' input.
+        lora_weights: a LoRA safetensors file (diffusers layout, :meth:`save_lora`) to load and keep
+            training; its rank, alpha and targets come from the file (then ``lora_rank`` etc. must be None).
+        gradient_checkpointing: recompute each transformer block in backward (training only).
+    """
+
+    diffusers_class: str = ""
+    lora_loader: str = ""
+
+    def __init__(
+        self,
+        pretrained: str,
+        subfolder: str | None = "transformer",
+        variant: str | None = None,
+        dtype: str = "float32",
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        lora_target_modules: list[str] | None = None,
+        lora_dropout: float = 0.0,
+        lora_weights: str | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if lora_rank is not None and lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1 or null (full fine-tuning), got {lora_rank}")
+        if lora_weights is not None and lora_rank is not None:
+            raise ValueError("give lora_rank (fresh adapters) or lora_weights (adapters from a file), not both")
+        if not 0.0 <= lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must lie in [0, 1), got {lora_dropout}")
+        root = Path(pretrained).expanduser()
+        folder = root / subfolder if subfolder else root
+        self.config = read_model_config(folder, self.diffusers_class)
+        import diffusers  # lazy: slow to import
+
+        cls = getattr(diffusers, self.diffusers_class)
+        try:
+            self.transformer = cls.from_pretrained(str(folder), local_files_only=True, variant=variant,
+                                                   torch_dtype=DTYPES[dtype])
+        except (OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"could not load {self.diffusers_class} from {folder}: {err}") from err
+        self.pretrained = str(root)
+        self.lora_rank = lora_rank
+        if lora_rank is not None:
+            self._add_lora(lora_rank, lora_alpha, lora_target_modules, lora_dropout)
+        elif lora_weights is not None:
+            self.load_lora(lora_weights)
+        if gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.fps_embed = None  # latentvid's denoiser attributes: no fps embedding, no extra scalars
+        self.num_extra_conditions = 0
+
+    # ---- LoRA ----------------------------------------------------------------------------------
+    @property
+    def has_lora(self) -> bool:
+        return bool(getattr(self.transformer, "peft_config", None))
+
+    def _add_lora(self, rank: int, alpha: float | None, targets: list[str] | None, dropout: float) -> None:
+        from peft import LoraConfig
+
+        targets = list(targets or DEFAULT_LORA_TARGETS)
+        names = [n for n, _ in self.transformer.named_modules()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            raise ValueError(f"lora_target_modules {missing} name no module of {self.diffusers_class} "
+                             f"(e.g. {names[1:8]} ...)")
+        config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank), target_modules=targets,
+                            lora_dropout=dropout, init_lora_weights=True)
+        self.transformer.add_adapter(config)
+        self._freeze_base()
+
+    def _freeze_base(self) -> None:
+        """Only the adapters train; they are held in float32 whatever the base dtype."""
+        for name, p in self.transformer.named_parameters():
+            is_lora = "lora_" in name
+            p.requires_grad_(is_lora)
+            if is_lora and p.dtype != torch.float32:
+                p.data = p.data.float()
+
+    def lora_state_dict(self) -> dict[str, Tensor]:
+        """The adapters' weights in diffusers' layout, without the ``transformer.`` prefix (detached, CPU)."""
+        if not self.has_lora:
+            raise ValueError(f"{type(self).__name__} has no LoRA adapters (set lora_rank)")
+        from peft.utils import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.transformer, adapter_name="default")
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def lora_metadata(self) -> dict[str, Any]:
+        """The adapter's peft config (rank, alpha, targets, dropout) as diffusers stores it beside the weights."""
+        cfg = self.transformer.peft_config["default"].to_dict()
+        return {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
+
+    def save_lora(self, path: str | Path) -> Path:
+        """Write the adapters to ``path`` (a ``.safetensors`` file) in the layout the diffusers pipeline of
+        this model loads with ``pipe.load_lora_weights(folder, weight_name=name)`` (keys
+        ``transformer.<module>.lora_A.weight`` / ``lora_B.weight``, rank and alpha in the metadata)."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ValueError(f"LoRA file must end in .safetensors, got {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        import diffusers
+
+        loader = getattr(diffusers.loaders.lora_pipeline, self.lora_loader)
+        loader.save_lora_weights(str(path.parent), transformer_lora_layers=self.lora_state_dict(),
+                                 weight_name=path.name, safe_serialization=True,
+                                 transformer_lora_adapter_metadata=self.lora_metadata())
+        return path
+
+    def load_lora(self, path: str | Path) -> None:
+        """Load adapters from a diffusers-layout LoRA file (:meth:`save_lora`, or one trained elsewhere for
+        this model) as this model's adapters; the base is frozen and the adapters train."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"lora_weights: no LoRA file at {path}")
+        if self.has_lora:
+            raise ValueError("this model already has LoRA adapters")
+        import diffusers
+
+        loader = getattr(diffusers.loaders.lora_pipeline, self.lora_loader)
+        try:
+            # the pipeline loader's reading: the metadata holds alpha (and converts other trainers' layouts)
+            state, metadata = loader.lora_state_dict(str(path.parent), weight_name=path.name,
+                                                     return_lora_metadata=True)
+            self.transformer.load_lora_adapter(state, prefix="transformer", metadata=metadata, adapter_name="default")
+        except (ValueError, KeyError, RuntimeError, OSError) as err:
+            raise ValueError(f"lora_weights {path} does not fit {self.diffusers_class}: {err}") from err
+        if not self.has_lora:
+            raise ValueError(f"lora_weights {path} holds no transformer.* LoRA weights")
+        self.lora_rank = int(self.transformer.peft_config["default"].r)
+        self._freeze_base()
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def frozen_state_keys(self) -> list[str]:
+        """State-dict keys (of this module) that reload from ``pretrained``: the frozen base under LoRA,
+        nothing when the whole transformer trains. LatentDiffusion leaves them out of checkpoints."""
+        if not self.has_lora:
+            return []
+        return [k for k in self.state_dict() if "lora_" not in k]
+
+    # ---- latentvid's denoiser interface ----------------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        return int(self.config["in_channels"])
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.config.get("out_channels") or self.config["in_channels"])
+
+    @property
+    def downsample_factor(self) -> int:
+        """H and W of the latents must be multiples of this (the spatial patch size)."""
+        raise NotImplementedError
+
+    @property
+    def frame_multiple(self) -> int:
+        """Latent frames must be a multiple of this (the temporal patch size; 1 = any)."""
+        return 1
+
+    @property
+    def block_class(self) -> type:
+        """The repeated block class (FSDP unit, checkpointing unit)."""
+        return _import(BLOCK_CLASSES[self.diffusers_class])
+
+    def timestep(self, logsnr: Tensor) -> Tensor:
+        """logSNR (B,) -> the model's own timestep (B,) float64."""
+        raise NotImplementedError
+
+    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None) -> Tensor:
+        """The diffusers model on latents x (B, C, T, H, W) in its dtype -> its prediction (B, C, T, H, W)."""
+        raise NotImplementedError
+
+    def _check(self, x: Tensor, logsnr: Tensor, context: Tensor | None, context_mask: Tensor | None,
+               frame_mask: Tensor | None, extra: Tensor | None) -> None:
+        name = type(self).__name__
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"{name}: x must be (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
+        b, _, t, h, w = x.shape
+        f = self.downsample_factor
+        if h % f or w % f:
+            raise ValueError(f"{name}: latent H={h} and W={w} must be multiples of the patch size {f}")
+        if t % self.frame_multiple:
+            raise ValueError(f"{name}: latent frames {t} must be a multiple of the temporal patch {self.frame_multiple}")
+        if logsnr.shape != (b,):
+            raise ValueError(f"{name}: logsnr must be ({b},), got {tuple(logsnr.shape)}")
+        if context is None or context.ndim != 3 or context.shape[0] != b or context.shape[2] != self.context_dim:
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"{name}: context must be ({b}, L, {self.context_dim}), got {got}")
+        if context_mask is not None and (context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]):
+            raise ValueError(f"{name}: context_mask must be bool {tuple(context.shape[:2])}, "
+                             f"got {context_mask.dtype} {tuple(context_mask.shape)}")
+        if frame_mask is not None and not bool(frame_mask.all()):
+            raise ValueError(f"{name}: padded frames (frame_mask False) are not supported by a pretrained video "
+                             f"transformer (its attention sees every frame); train on full clips (image_ratio: 0)")
+        if extra is not None:
+            raise ValueError(f"{name}: takes no extra scalar conditions")
+
+    def forward(
+        self,
+        x: Tensor,
+        logsnr: Tensor,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        fps: Tensor | None = None,
+        frame_mask: Tensor | None = None,
+        extra: Tensor | None = None,
+    ) -> Tensor:
+        """The model's prediction (B, C, T, H, W) float32 for noisy latents x (B, C, T, H, W) at logsnr (B,),
+        text tokens ``context`` (B, L, D) with ``context_mask`` (B, L) bool; ``fps`` is ignored."""
+        self._check(x, logsnr, context, context_mask, frame_mask, extra)
+        dtype = self.transformer.dtype
+        out = self.predict(x.to(dtype), self.timestep(logsnr), context.to(dtype), context_mask)
+        return out.to(x.dtype)
+
+
+class WanTransformer(PretrainedVideoTransformer):
+    """Wan 2.1 / Wan 2.2 (single-transformer) text-to-video ``WanTransformer3DModel``: flow matching.
+
+    Latents (B, 16, T, H, W) at flow time sigma (logSNR = 2 log((1 - sigma) / sigma)) -> the velocity
+    eps - x0 (``target: flow``), timestep 1000 sigma. Text: UMT5 tokens with padding zeroed and all
+    tokens attended, as WanPipeline gives them (masked tokens are zeroed here, so any mask works).
+    Pair with ``RectifiedFlowSchedule`` (its ``shift`` is Wan's: 3 for 480p, 5 for 720p sampling).
+
+    Args: see :class:`PretrainedVideoTransformer`.
+    """
+
+    diffusers_class = "WanTransformer3DModel"
+    lora_loader = "WanLoraLoaderMixin"
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.config["text_dim"])
+
+    @property
+    def downsample_factor(self) -> int:
+        return int(self.config["patch_size"][1])
+
+    @property
+    def frame_multiple(self) -> int:
+        return int(self.config["patch_size"][0])
+
+    def timestep(self, logsnr: Tensor) -> Tensor:
+        return flow_timestep(logsnr)
+
+    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None) -> Tensor:
+        if context_mask is not None:  # Wan's padding convention: zero vectors, attended
+            context = context * context_mask[..., None].to(context.dtype)
+        return self.transformer(hidden_states=x, timestep=timestep.to(torch.float32), encoder_hidden_states=context,
+                                return_dict=False)[0]

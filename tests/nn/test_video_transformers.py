@@ -1,0 +1,243 @@
+"""latentvid/nn/video_transformers.py against diffusers on tiny random pipeline folders
+(tests/tiny_video_folders.py): predictions, one scheduler step, whole sampled videos, LoRA files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentvid.conditioning.t5 import T5TextEncoder
+from latentvid.diffusion import RectifiedFlowSchedule, prediction_to_x0, run_sampler
+from latentvid.models.latent_diffusion import LatentDiffusion
+from latentvid.nn.diffusers_vae import DiffusersWanVAE
+from latentvid.nn.video_transformers import (
+    WanTransformer,
+    flow_match_logsnrs,
+    flow_timestep,
+    fsdp_wrap_policy,
+    logsnr_from_flow_sigma,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = "a red circle moving left"
+
+
+def wan_inputs(seed: int = 0, b: int = 2, length: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 4, 3, 4, 4, generator=g)  # (B, C, t, h, w): 3 latent frames, 2 x 2 patches
+    context = torch.randn(b, length, 16, generator=g)
+    sigma = torch.tensor([0.3, 0.9][:b], dtype=torch.float64)
+    return x, context, sigma
+
+
+# ---- Wan ------------------------------------------------------------------------------------------
+def test_flow_timestep_is_1000_sigma():
+    sigma = torch.tensor([1e-3, 0.25, 0.5, 0.999], dtype=torch.float64)
+    torch.testing.assert_close(flow_timestep(logsnr_from_flow_sigma(sigma)), 1000 * sigma, rtol=0, atol=1e-9)
+    assert flow_timestep(torch.tensor([float("-inf"), float("inf")])).tolist() == [1000.0, 0.0]
+
+
+def test_wan_prediction_equals_diffusers_transformer(tiny_video):
+    from diffusers import WanTransformer3DModel
+
+    folder = tiny_video("wan")
+    ours = WanTransformer(str(folder)).eval()
+    ref = WanTransformer3DModel.from_pretrained(str(folder / "transformer")).eval()
+    x, context, sigma = wan_inputs()
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, 4:] = False
+    with torch.no_grad():
+        got = ours(x, logsnr_from_flow_sigma(sigma), context, mask)
+        # Wan's padding convention: WanPipeline zeroes the padded tokens and the model attends to all
+        want = ref(x, timestep=(1000 * sigma).float(), encoder_hidden_states=context * mask[..., None],
+                   return_dict=False)[0]
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert (got[0] - ours(x, logsnr_from_flow_sigma(sigma), context, None)[0]).abs().max() > 1e-4  # mask matters
+
+
+def test_wan_grid_and_step_equal_flow_match_euler(tiny_video):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    folder = tiny_video("wan")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler"))
+    scheduler.set_timesteps(5)
+    grid = flow_match_logsnrs(5, shift=scheduler.config.shift)
+    torch.testing.assert_close(torch.sigmoid(-0.5 * grid.double()).float(), scheduler.sigmas, rtol=0, atol=1e-6)
+
+    net = WanTransformer(str(folder)).eval()
+    schedule = RectifiedFlowSchedule(shift=scheduler.config.shift)
+    x, context, _ = wan_inputs(b=1)
+    for i in (0, 2):  # the first step starts at sigma = 1 (logSNR = -inf)
+        def denoise(z, logsnr):
+            a, s = schedule.alpha_sigma(logsnr)
+            return prediction_to_x0(net(z, logsnr, context), z, a, s, "flow")
+
+        ours = run_sampler("ddim", denoise, x, grid[i:i + 2], alpha_sigma=schedule.alpha_sigma)
+        with torch.no_grad():
+            t = scheduler.timesteps[i]
+            v = net.transformer(x, timestep=t.expand(1), encoder_hidden_states=context, return_dict=False)[0]
+        scheduler._step_index = i
+        want = scheduler.step(v, t, x, return_dict=False)[0]
+        torch.testing.assert_close(ours, want, rtol=0, atol=1e-5)
+
+
+def wan_model(folder: Path, lr: float = 1e-4, **unet) -> LatentDiffusion:
+    return LatentDiffusion(
+        unet=WanTransformer(str(folder), **unet),
+        text_encoder=T5TextEncoder(str(folder), max_length=512, clean=True),
+        first_stage=DiffusersWanVAE(str(folder)),
+        schedule=RectifiedFlowSchedule(shift=3.0),
+        target="flow", guidance_scale=5.0, sample_steps=4, lr=lr, warmup_steps=0).eval()
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_wan_sampled_video_equals_wan_pipeline(tiny_video, guidance):
+    from diffusers import WanPipeline
+
+    folder = tiny_video("wan")
+    model = wan_model(folder)
+    pipe = WanPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))  # 9 frames of 16 x 16
+    want_latents = pipe(PROMPT, height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
+                        latents=latents.clone(), output_type="latent").frames
+    want_video = pipe(PROMPT, height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
+                      latents=latents.clone(), output_type="pt").frames  # (B, T, 3, H, W) in [0, 1]
+
+    denoise = model.guided_denoiser([PROMPT], fps=16.0, guidance_scale=guidance)
+    z = run_sampler("ddim", denoise, latents, flow_match_logsnrs(4, shift=3.0), alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(z, want_latents, rtol=0, atol=1e-4)
+    video = model.first_stage.decode(z).clamp(-1, 1)  # (B, 3, T, H, W)
+    torch.testing.assert_close((video.transpose(1, 2) + 1) / 2, want_video, rtol=0, atol=1e-4)
+    assert want_latents.abs().max() > 0.1  # not a degenerate comparison
+
+
+def test_wan_sample_runs_every_sampler(tiny_video):
+    model = wan_model(tiny_video("wan"))
+    for sampler in ("ddim", "ancestral", "dpmpp_2m", "heun"):
+        video = model.sample([PROMPT], num_frames=5, height=16, width=16, steps=3, sampler=sampler,
+                             generator=torch.Generator().manual_seed(0))
+        assert video.shape == (1, 3, 5, 16, 16) and torch.isfinite(video).all(), sampler
+
+
+# ---- LoRA -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wan_lora(tiny_video, tmp_path_factory):
+    """A rank-4 (alpha 8) LoRA model after one training step through LatentDiffusion, and its saved file."""
+    folder = tiny_video("wan")
+    model = wan_model(folder, lr=1e-2, lora_rank=4, lora_alpha=8.0, lora_target_modules=["to_q", "to_k", "to_v", "to_out.0",
+                                                                                 "ffn.net.2"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = model.configure_optimizers()["optimizer"]
+    g = torch.Generator().manual_seed(0)
+    batch = {"video": torch.rand(2, 3, 5, 16, 16, generator=g) * 2 - 1, "caption": [PROMPT, "a blue square"],
+             "fps": torch.full((2,), 8.0), "frame_mask": torch.ones(2, 5, dtype=torch.bool)}
+    model.train()
+    for _ in range(2):  # two steps: lora_B leaves zero in the first, then lora_A gets gradients too
+        opt.zero_grad()
+        model.diffusion_loss(batch, generator=g).backward()
+        opt.step()
+    model.eval()
+    file = model.unet.save_lora(tmp_path_factory.mktemp("lora") / "wan_lora.safetensors")
+    return folder, model, before, file
+
+
+def test_lora_step_changes_only_lora_weights(wan_lora):
+    _, model, before, _ = wan_lora
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".lora_" in k for k in changed), sorted(changed)[:5]
+    assert any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+
+
+def test_lora_file_loads_into_wan_pipeline_and_back(wan_lora, tmp_path):
+    from diffusers import WanPipeline
+    from safetensors import safe_open
+
+    folder, model, _, file = wan_lora
+    with safe_open(str(file), "pt") as f:
+        keys = list(f.keys())
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
+    assert meta["transformer.r"] == 4 and meta["transformer.lora_alpha"] == 8.0
+    trained = {n for n, p in model.unet.transformer.named_parameters() if p.requires_grad}
+    assert len(keys) == len(trained)  # the adapters and nothing else of the model
+
+    pipe = WanPipeline.from_pretrained(str(folder))
+    pipe.load_lora_weights(str(file.parent), weight_name=file.name)
+    x, context, sigma = wan_inputs()
+    with torch.no_grad():
+        ours = model.unet(x, logsnr_from_flow_sigma(sigma), context)
+        theirs = pipe.transformer(x, timestep=(1000 * sigma).float(), encoder_hidden_states=context,
+                                  return_dict=False)[0]
+        base = WanTransformer(str(folder))(x, logsnr_from_flow_sigma(sigma), context)
+        reloaded = WanTransformer(str(folder), lora_weights=str(file))(x, logsnr_from_flow_sigma(sigma), context)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(reloaded, ours, rtol=0, atol=1e-5)
+    assert (ours - base).abs().max() > 1e-4  # the trained adapters do change the prediction
+
+
+def test_lora_checkpoint_leaves_base_out_and_reloads(wan_lora):
+    folder, model, _, _ = wan_lora
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": {}}
+    model.on_save_checkpoint(checkpoint)
+    saved = set(checkpoint["state_dict"])
+    assert saved and all(".lora_" in k for k in saved), sorted(saved)[:5]
+    fresh = wan_model(folder, lora_rank=4, lora_alpha=8.0, lora_target_modules=["to_q", "to_k", "to_v", "to_out.0",
+                                                                                 "ffn.net.2"])
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_full_finetune_trains_everything(tiny_video):
+    net = WanTransformer(str(tiny_video("wan")), gradient_checkpointing=True).train()
+    assert all(p.requires_grad for p in net.parameters()) and net.frozen_state_keys() == []
+    assert net.transformer.gradient_checkpointing
+    x, context, sigma = wan_inputs()
+    net(x.requires_grad_(), logsnr_from_flow_sigma(sigma), context).square().mean().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_fsdp_policy_wraps_each_block(tiny_video):
+    net = WanTransformer(str(tiny_video("wan")))
+    wrapped = [name for name, m in net.named_modules() if fsdp_wrap_policy(m, recurse=False, nonwrapped_numel=0)]
+    assert wrapped == ["transformer.blocks.0", "transformer.blocks.1"]
+    assert all(isinstance(b, net.block_class) for b in net.transformer.blocks)
+    assert fsdp_wrap_policy(net, recurse=True, nonwrapped_numel=0)
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+def test_errors_name_the_path_and_key(tiny_video, tmp_path):
+    folder = tiny_video("wan")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere" / "transformer")):
+        WanTransformer(str(tmp_path / "nowhere"))
+    wrong = tmp_path / "wrong"
+    shutil.copytree(folder / "transformer", wrong / "transformer")
+    cfg = json.loads((wrong / "transformer" / "config.json").read_text())
+    (wrong / "transformer" / "config.json").write_text(json.dumps({**cfg, "_class_name": "CogVideoXTransformer3DModel"}))
+    with pytest.raises(ValueError, match=r"config\.json: _class_name is 'CogVideoXTransformer3DModel', expected "
+                                         r"'WanTransformer3DModel'"):
+        WanTransformer(str(wrong))
+    with pytest.raises(ValueError, match=r"lora_target_modules \['to_qq'\]"):
+        WanTransformer(str(folder), lora_rank=2, lora_target_modules=["to_qq"])
+    with pytest.raises(FileNotFoundError, match="lora_weights: no LoRA file"):
+        WanTransformer(str(folder), lora_weights=str(tmp_path / "none.safetensors"))
+    net = WanTransformer(str(folder))
+    x, context, sigma = wan_inputs()
+    with pytest.raises(ValueError, match="multiples of the patch size 2"):
+        net(x[..., :3], logsnr_from_flow_sigma(sigma), context)
+    with pytest.raises(ValueError, match="padded frames"):
+        net(x, logsnr_from_flow_sigma(sigma), context, frame_mask=torch.tensor([[1, 1, 0], [1, 1, 1]]).bool())
+    vae = DiffusersWanVAE(str(folder))
+    with pytest.raises(ValueError, match="num_frames=8 does not fit .* 1 \\+ k \\* 4"):
+        vae.encode(torch.zeros(1, 3, 8, 16, 16))

@@ -1,0 +1,72 @@
+"""Tiny random diffusers video pipeline folders (Wan, CogVideoX, LTX-Video), written with the pipelines'
+own ``save_pretrained`` so that the layout is diffusers' (model_index.json, transformer/, vae/,
+text_encoder/, tokenizer/, scheduler/). Built offline: a word-level tokenizer over the shapes grammar,
+T5 / UMT5 encoders of two layers, transformers of two blocks.
+
+Loaded by the ``tiny_video`` fixture of tests/conftest.py (tests/ is not a package).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ("a an the red green blue yellow white circle square triangle moving left right up down "
+         "slowly fast video of").split()
+TEXT_DIM = 16  # d_model of the tiny T5 / UMT5 encoders
+
+
+def write_t5_tokenizer(folder: Path, max_length: int) -> int:
+    """A word-level tokenizer with T5's special tokens (<pad> 0, </s> 1, <unk> 2), appending </s> to
+    every caption as T5's does; saved as tokenizer.json + tokenizer_config.json. Returns the vocab size."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=max_length)
+    fast.save_pretrained(str(folder))
+    return len(vocab)
+
+
+def t5_encoder(kind: str, vocab_size: int):
+    """A 2-layer random T5 (``"t5"``) or UMT5 (``"umt5"``) encoder of width TEXT_DIM."""
+    import transformers
+
+    cfg = dict(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+               relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0,
+               eos_token_id=1, decoder_start_token_id=0)
+    if kind == "umt5":
+        return transformers.UMT5EncoderModel(transformers.UMT5Config(**cfg)).eval()
+    return transformers.T5EncoderModel(transformers.T5Config(**cfg)).eval()
+
+
+def build_tiny_wan(root: Path, seed: int = 0, shift: float = 3.0) -> Path:
+    """A tiny random Wan 2.1 T2V folder: WanTransformer3DModel (2 blocks, 2 heads x 8), AutoencoderKLWan
+    (temporal factor 4, spatial factor 4, 4 latent channels), UMT5 encoder, FlowMatchEulerDiscreteScheduler."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import AutoTokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tok_dir = root / "tokenizer"
+        vocab = write_t5_tokenizer(tok_dir, max_length=512)
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+            text_dim=TEXT_DIM, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
+                               latents_std=[1.5, 0.8, 1.2, 2.0], scale_factor_temporal=4, scale_factor_spatial=4)
+        pipe = WanPipeline(tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)), text_encoder=t5_encoder("umt5", vocab),
+                           transformer=transformer.eval(), vae=vae.eval(),
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+        pipe.save_pretrained(str(root))
+    return root
+
+
+BUILDERS = {"wan": build_tiny_wan}
