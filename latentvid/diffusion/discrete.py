@@ -16,7 +16,14 @@ Computed in float64.
 The scheduler config also says what the network predicts (``prediction_type``: ``epsilon`` /
 ``v_prediction`` / ``sample``); it is kept here as ``prediction_type`` (``"eps"`` / ``"v"`` /
 ``"x0"``) so that :class:`latentvid.models.latent_diffusion.LatentDiffusion` can take its target
-from the schedule. Keys missing from a file take diffusers' scheduler defaults (Stable Diffusion
+from the schedule.
+
+CogVideoX's ``CogVideoXDDIMScheduler`` adds two settings, both read from its file: ``snr_shift_scale``
+s divides every SNR by s (alpha_bar -> alpha_bar / (s + (1 - s) alpha_bar)), and
+``rescale_betas_zero_snr`` shifts and scales sqrt(alpha_bar) so that the last training timestep has
+zero SNR (Lin et al., 2024), logSNR = -inf there (t = 1). On that last segment logSNR cannot be
+interpolated linearly, so there alpha = sqrt(alpha_bar) is: alpha falls linearly from its value at
+timestep N-2 to 0 at N-1, and :meth:`DiscreteSchedule.timestep` inverts the same map. Keys missing from a file take diffusers' scheduler defaults (Stable Diffusion
 1.x files have no ``prediction_type``: epsilon). Sampler-only settings of the file
 (``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``, ``clip_sample``, ...) are ignored:
 latentvid's samplers take any grid.
@@ -88,6 +95,8 @@ class DiscreteSchedule:
         beta_schedule: one of ``BETA_SCHEDULES`` (Stable Diffusion 1.x / 2.x: ``"scaled_linear"``).
         prediction_type: what the image model predicts, ``"eps"``, ``"v"`` or ``"x0"``; None when
             unknown. diffusers' names (``"epsilon"``, ``"v_prediction"``, ``"sample"``) are accepted.
+        snr_shift_scale: every SNR divided by this (CogVideoX: 3.0; 1.0 = none).
+        rescale_betas_zero_snr: rescale to zero SNR at the last timestep (CogVideoX: true).
 
     The defaults are Stable Diffusion's schedule.
     """
@@ -98,6 +107,8 @@ class DiscreteSchedule:
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
     prediction_type: str | None = None
+    snr_shift_scale: float = 1.0
+    rescale_betas_zero_snr: bool = False
 
     def __post_init__(self) -> None:
         if self.pretrained is not None:
@@ -114,6 +125,8 @@ class DiscreteSchedule:
             raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.snr_shift_scale <= 0:
+            raise ValueError(f"snr_shift_scale must be > 0, got {self.snr_shift_scale}")
         betas = self.betas()
         if not bool(((betas > 0) & (betas < 1)).all()):
             raise ValueError(
@@ -127,23 +140,46 @@ class DiscreteSchedule:
         return discrete_betas(int(self.num_train_timesteps), self.beta_start, self.beta_end, self.beta_schedule)
 
     def alphas_cumprod(self) -> Tensor:
-        """(N,) float64: alpha_bar_n = alpha_n^2 of the training timesteps n = 0 .. N-1."""
-        return torch.cumprod(1.0 - self.betas(), dim=0)
+        """(N,) float64: alpha_bar_n = alpha_n^2 of the training timesteps n = 0 .. N-1 (the last one 0
+        with ``rescale_betas_zero_snr``)."""
+        ac = torch.cumprod(1.0 - self.betas(), dim=0)
+        s = float(self.snr_shift_scale)
+        if s != 1.0:
+            ac = ac / (s + (1.0 - s) * ac)  # SNR / s
+        if self.rescale_betas_zero_snr:
+            a = ac.sqrt()  # shift so the last is 0, scale so the first keeps its value
+            ac = ((a - a[-1]) * (a[0] / (a[0] - a[-1]))) ** 2
+        return ac
 
     def train_logsnrs(self) -> Tensor:
-        """(N,) float64, strictly decreasing: logSNR of the training timesteps."""
+        """(N,) float64, strictly decreasing: logSNR of the training timesteps (-inf last for zero terminal SNR)."""
         ac = self.alphas_cumprod()
         return torch.log(ac) - torch.log1p(-ac)
+
+    def _finite(self) -> tuple[Tensor, bool]:
+        """The table's finite part (N or N-1,) and whether a zero-SNR timestep follows it."""
+        table = self.train_logsnrs()
+        zero = bool(torch.isneginf(table[-1]))
+        return (table[:-1] if zero else table), zero
 
     # ---- continuous time ------------------------------------------------------------------------
     def logsnr(self, t: Tensor) -> Tensor:
         """t (...) in [0, 1] -> logSNR (...) in t's dtype (float32 for integer t)."""
+        finite, zero = self._finite()
         table = self.train_logsnrs().to(t.device)
         n = table.numel()
         pos = t.to(torch.float64).clamp(0.0, 1.0) * (n - 1)  # fractional timestep
         k = pos.floor().clamp(max=n - 2).long()
         w = pos - k
-        lam = table[k] * (1.0 - w) + table[k + 1] * w
+        if zero:  # last segment: alpha linear down to 0 (logSNR of linearly mixed finite neighbours elsewhere)
+            last = k == n - 2
+            a = torch.sigmoid(finite[-1]).sqrt().to(t.device) * (1.0 - w)
+            lam_last = 2.0 * torch.log(a) - torch.log1p(-a.square())
+            k = torch.where(last, k - 1, k)  # keep the linear formula off the -inf entry
+            w_lin = torch.where(last, torch.ones_like(w), w)
+            lam = torch.where(last, lam_last, table[k] * (1.0 - w_lin) + table[k + 1] * w_lin)
+        else:
+            lam = table[k] * (1.0 - w) + table[k + 1] * w
         return lam.to(t.dtype if t.is_floating_point() else torch.float32)
 
     def alpha_sigma(self, logsnr: Tensor) -> tuple[Tensor, Tensor]:
@@ -152,7 +188,16 @@ class DiscreteSchedule:
 
     def timestep(self, logsnr: Tensor) -> Tensor:
         """logSNR (...) -> the image model's fractional timestep (...) float64 in [0, N - 1]."""
-        return interp_decreasing(logsnr, self.train_logsnrs())
+        finite, zero = self._finite()
+        n = finite.numel()
+        pos = interp_decreasing(logsnr, finite)
+        if not zero:
+            return pos
+        # below the last finite logSNR: alpha = alpha_{N-2} (1 - w) on the zero-SNR segment
+        lam = logsnr.to(torch.float64)
+        a_last = torch.sigmoid(finite[-1]).sqrt().to(lam.device)
+        w = (1.0 - torch.sigmoid(lam).sqrt() / a_last).clamp(0.0, 1.0)
+        return torch.where(lam < finite[-1].to(lam.device), (n - 1) + w, pos)
 
     def t_from_logsnr(self, logsnr: Tensor) -> Tensor:
         """Inverse of :meth:`logsnr`: logSNR (...) -> t (...) in [0, 1] (clipped at the table's ends)."""
@@ -163,14 +208,22 @@ class DiscreteSchedule:
         """(steps + 1,) logSNRs from t = 1 (timestep N - 1) towards t = 0, the last one +inf (a clean
         sample); ``spacing`` one of ``SPACINGS`` (:func:`~latentvid.diffusion.schedule.sampling_grid`:
         ``"karras"`` is diffusers' ``use_karras_sigmas`` grid of this table)."""
+        finite, zero = self._finite()
+        if zero and spacing != "time":  # these grids need finite ends: start at the last finite timestep
+            return sampling_grid(lambda t: self.logsnr(t).clamp(min=float(finite[-1])), steps, spacing)
         return sampling_grid(self.logsnr, steps, spacing)
+
+    def logsnrs_at(self, timesteps: Tensor) -> Tensor:
+        """logSNR (K,) float64 of integer training timesteps (K,), e.g. a diffusers scheduler's ``timesteps``
+        (a grid that takes exactly its steps: ``torch.cat([schedule.logsnrs_at(ts), +inf])``)."""
+        return self.train_logsnrs()[timesteps.long().cpu()]
 
 
 # what diffusers' DDPM / DDIM / PNDM schedulers assume for keys a config file leaves out
 _DIFFUSERS_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-                       "prediction_type": "epsilon"}
+                       "prediction_type": "epsilon", "snr_shift_scale": 1.0, "rescale_betas_zero_snr": False}
 _CASTS = {"num_train_timesteps": int, "beta_start": float, "beta_end": float, "beta_schedule": str,
-          "prediction_type": str}
+          "prediction_type": str, "snr_shift_scale": float, "rescale_betas_zero_snr": bool}
 assert set(_CASTS) == {f.name for f in fields(DiscreteSchedule)} - {"pretrained"}
 
 
@@ -190,7 +243,7 @@ def read_scheduler_config(path: str) -> dict:
     """The schedule fields of a diffusers ``scheduler_config.json`` (see :class:`DiscreteSchedule`).
 
     Raises ValueError naming the file and the setting when it describes a schedule this class
-    cannot represent (explicit ``trained_betas``, ``rescale_betas_zero_snr``).
+    cannot represent (explicit ``trained_betas``).
     """
     file = _config_file(path)
     try:
@@ -201,8 +254,6 @@ def read_scheduler_config(path: str) -> dict:
         raise ValueError(f"{file} must hold a JSON object")
     if config.get("trained_betas") is not None:
         raise ValueError(f"{file}: explicit 'trained_betas' are not supported; use beta_start/beta_end/beta_schedule")
-    if config.get("rescale_betas_zero_snr"):
-        raise ValueError(f"{file}: 'rescale_betas_zero_snr' (a zero-SNR final timestep) is not supported")
     config = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
     out = {}
     for key, cast in _CASTS.items():

@@ -393,3 +393,82 @@ class WanTransformer(PretrainedVideoTransformer):
             context = context * context_mask[..., None].to(context.dtype)
         return self.transformer(hidden_states=x, timestep=timestep.to(torch.float32), encoder_hidden_states=context,
                                 return_dict=False)[0]
+
+
+class CogVideoXTransformer(PretrainedVideoTransformer):
+    """CogVideoX 1.0 (2b, 5b) text-to-video ``CogVideoXTransformer3DModel``: v-prediction on a DDPM table.
+
+    Latents (B, 16, T, H, W) at logSNR -> v = alpha eps - sigma x0 (``target: v``), at the fractional
+    timestep whose logSNR it is in CogVideoX's table (SNR shifted by ``snr_shift_scale``, zero SNR at
+    the last timestep: :class:`~latentvid.diffusion.discrete.DiscreteSchedule` of the same folder,
+    whose :meth:`~latentvid.diffusion.discrete.DiscreteSchedule.timestep` is used here, so training,
+    sampling and the network agree on every noise level). Text: T5 tokens, all attended, encoded
+    without a mask, as CogVideoXPipeline does (``T5TextEncoder(max_length: 226, use_attention_mask:
+    false, mask_padding: false)``); the text length must be the config's ``max_text_seq_length`` when
+    the model has learned positional embeddings (CogVideoX-2b). 3D rotary embeddings (CogVideoX-5b)
+    are computed for each latent size as the pipeline does. CogVideoX 1.5 (``patch_size_t`` 2) loads,
+    but needs an even number of latent frames, which its pipeline gets by padding and
+    :class:`~latentvid.nn.diffusers_vae.DiffusersCogVideoXVAE` (odd counts) does not give: not yet supported.
+
+    Args:
+        scheduler_config: the scheduler folder / file whose table defines the timestep map; None =
+            ``pretrained/scheduler``. Other args: see :class:`PretrainedVideoTransformer`.
+    """
+
+    diffusers_class = "CogVideoXTransformer3DModel"
+    lora_loader = "CogVideoXLoraLoaderMixin"
+
+    def __init__(self, pretrained: str, *args: Any, scheduler_config: str | None = None, **kwargs: Any) -> None:
+        super().__init__(pretrained, *args, **kwargs)
+        from latentvid.diffusion.discrete import DiscreteSchedule
+
+        self.schedule = DiscreteSchedule(pretrained=scheduler_config or str(Path(pretrained).expanduser()))
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.config["text_embed_dim"])
+
+    @property
+    def downsample_factor(self) -> int:
+        return int(self.config["patch_size"])
+
+    @property
+    def frame_multiple(self) -> int:
+        return int(self.config.get("patch_size_t") or 1)
+
+    def timestep(self, logsnr: Tensor) -> Tensor:
+        return self.schedule.timestep(logsnr)
+
+    def rotary_embedding(self, frames: int, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        """(cos, sin) of the 3D RoPE for ``frames`` x ``height`` x ``width`` latents, as CogVideoXPipeline builds
+        them (None when the model has no rotary embeddings)."""
+        if not self.config.get("use_rotary_positional_embeddings"):
+            return None
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+        from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+        p, p_t = self.config["patch_size"], self.config.get("patch_size_t")
+        grid = (height // p, width // p)
+        base_w, base_h = self.config["sample_width"] // p, self.config["sample_height"] // p
+        if p_t is None:  # CogVideoX 1.0
+            crops = get_resize_crop_region_for_grid(grid, base_w, base_h)
+            return get_3d_rotary_pos_embed(embed_dim=self.config["attention_head_dim"], crops_coords=crops,
+                                           grid_size=grid, temporal_size=frames, device=device)
+        return get_3d_rotary_pos_embed(embed_dim=self.config["attention_head_dim"], crops_coords=None, grid_size=grid,
+                                       temporal_size=frames // p_t, grid_type="slice", max_size=(base_h, base_w),
+                                       device=device)
+
+    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None) -> Tensor:
+        if context_mask is not None and not bool(context_mask.all()):
+            raise ValueError("CogVideoXTransformer: CogVideoX attends to every text token; encode with "
+                             "T5TextEncoder(use_attention_mask: false, mask_padding: false)")
+        length = self.config.get("max_text_seq_length")
+        if not self.config.get("use_rotary_positional_embeddings") and length and context.shape[1] != length:
+            raise ValueError(f"CogVideoXTransformer: {context.shape[1]} text tokens, but the model's learned positions "
+                             f"need max_text_seq_length={length} (transformer/config.json): set the text encoder's "
+                             f"max_length to {length}")
+        b, c, t, h, w = x.shape
+        rope = self.rotary_embedding(t, h, w, x.device)
+        out = self.transformer(hidden_states=x.transpose(1, 2), encoder_hidden_states=context,  # (B, T, C, H, W)
+                               timestep=timestep.to(torch.float32), image_rotary_emb=rope, return_dict=False)[0]
+        return out.transpose(1, 2)  # (B, C, T, H, W)

@@ -56,3 +56,15 @@ def test_errors_name_the_folder(tiny_video, tmp_path):
         T5TextEncoder(str(bad))
     with pytest.raises(ValueError, match="dtype must be one of"):
         T5TextEncoder(str(folder), dtype="int8")
+
+
+def test_cogvideox_encoding_equals_cogvideox_pipeline(tiny_video):
+    from diffusers import CogVideoXPipeline
+
+    folder = tiny_video("cogvideox")
+    enc = T5TextEncoder(str(folder), max_length=16, use_attention_mask=False, mask_padding=False)
+    pipe = CogVideoXPipeline.from_pretrained(str(folder))
+    want, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False, max_sequence_length=16)
+    context, mask = enc(PROMPTS)
+    assert mask.all()  # CogVideoX attends to every token, padding included
+    torch.testing.assert_close(context, want, rtol=0, atol=1e-6)

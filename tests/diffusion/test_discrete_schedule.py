@@ -128,8 +128,8 @@ def test_bad_configs_name_the_file_and_setting(tmp_path):
     cfg.write_text(json.dumps({"beta_schedule": "sigmoid"}))
     with pytest.raises(ValueError, match="beta_schedule.*sigmoid"):
         DiscreteSchedule(pretrained=str(cfg))
-    cfg.write_text(json.dumps({"rescale_betas_zero_snr": True}))
-    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
+    cfg.write_text(json.dumps({"trained_betas": [0.1, 0.2]}))
+    with pytest.raises(ValueError, match="trained_betas"):
         read_scheduler_config(str(cfg))
     cfg.write_text(json.dumps({"num_train_timesteps": "many"}))
     with pytest.raises(ValueError, match="num_train_timesteps.*many"):

@@ -13,10 +13,13 @@ import torch
 from latentvid.conditioning.t5 import T5TextEncoder
 from latentvid.diffusion import RectifiedFlowSchedule, prediction_to_x0, run_sampler
 from latentvid.models.latent_diffusion import LatentDiffusion
-from latentvid.nn.diffusers_vae import DiffusersWanVAE
+from latentvid.diffusion.discrete import DiscreteSchedule
+from latentvid.nn.diffusers_vae import DiffusersCogVideoXVAE, DiffusersWanVAE
 from latentvid.nn.video_transformers import (
+    CogVideoXTransformer,
     WanTransformer,
     flow_match_logsnrs,
+    flow_sigma,
     flow_timestep,
     fsdp_wrap_policy,
     logsnr_from_flow_sigma,
@@ -126,30 +129,63 @@ def test_wan_sample_runs_every_sampler(tiny_video):
         assert video.shape == (1, 3, 5, 16, 16) and torch.isfinite(video).all(), sampler
 
 
-# ---- LoRA -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def wan_lora(tiny_video, tmp_path_factory):
-    """A rank-4 (alpha 8) LoRA model after one training step through LatentDiffusion, and its saved file."""
-    folder = tiny_video("wan")
-    model = wan_model(folder, lr=1e-2, lora_rank=4, lora_alpha=8.0, lora_target_modules=["to_q", "to_k", "to_v", "to_out.0",
-                                                                                 "ffn.net.2"])
+# ---- LoRA (every model) -----------------------------------------------------------------------------
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def build_model(kind: str, folder: Path, lr: float = 1e-4, **unet) -> LatentDiffusion:
+    if kind == "wan":
+        return wan_model(folder, lr=lr, **unet)
+    if kind.startswith("cogvideox"):
+        return cogvideox_model(folder, lr=lr, **unet)
+    raise KeyError(kind)
+
+
+def reference_prediction(kind: str, net, transformer, x, logsnr, context):
+    """The diffusers ``transformer`` called the way its pipeline calls it, for our inputs; (B, C, T, H, W)."""
+    if kind == "wan":
+        return transformer(x, timestep=(1000 * flow_sigma(logsnr)).float(), encoder_hidden_states=context,
+                           return_dict=False)[0]
+    rope = net.rotary_embedding(x.shape[2], x.shape[3], x.shape[4], x.device)
+    ts = net.schedule.timestep(logsnr).round().long()  # integer timesteps, as CogVideoXPipeline passes
+    return transformer(x.transpose(1, 2), context, ts, image_rotary_emb=rope, return_dict=False)[0].transpose(1, 2)
+
+
+def model_inputs(kind: str, net, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 3, 4, 4, generator=g)
+    context = torch.randn(2, 7 if kind == "wan" else 16, 16, generator=g)
+    if kind == "wan":
+        return x, logsnr_from_flow_sigma(torch.tensor([0.3, 0.9], dtype=torch.float64)), context
+    return x, net.schedule.logsnrs_at(torch.tensor([200, 700])), context
+
+
+LORA_KINDS = ["wan", "cogvideox"]
+
+
+@pytest.fixture(scope="module", params=LORA_KINDS)
+def lora_run(request, tiny_video, tmp_path_factory):
+    """A rank-4 (alpha 8) LoRA model after two training steps through LatentDiffusion, and its saved file."""
+    kind = request.param
+    folder = tiny_video(kind)
+    model = build_model(kind, folder, lr=1e-2, lora_rank=4, lora_alpha=8.0, lora_target_modules=LORA_TARGETS)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = model.configure_optimizers()["optimizer"]
     g = torch.Generator().manual_seed(0)
-    batch = {"video": torch.rand(2, 3, 5, 16, 16, generator=g) * 2 - 1, "caption": [PROMPT, "a blue square"],
-             "fps": torch.full((2,), 8.0), "frame_mask": torch.ones(2, 5, dtype=torch.bool)}
+    batch = {"video": torch.rand(2, 3, 9, 16, 16, generator=g) * 2 - 1, "caption": [PROMPT, "a blue square"],
+             "fps": torch.full((2,), 8.0), "frame_mask": torch.ones(2, 9, dtype=torch.bool)}
     model.train()
     for _ in range(2):  # two steps: lora_B leaves zero in the first, then lora_A gets gradients too
         opt.zero_grad()
         model.diffusion_loss(batch, generator=g).backward()
         opt.step()
     model.eval()
-    file = model.unet.save_lora(tmp_path_factory.mktemp("lora") / "wan_lora.safetensors")
-    return folder, model, before, file
+    file = model.unet.save_lora(tmp_path_factory.mktemp("lora") / f"{kind}_lora.safetensors")
+    return kind, folder, model, before, file
 
 
-def test_lora_step_changes_only_lora_weights(wan_lora):
-    _, model, before, _ = wan_lora
+def test_lora_step_changes_only_lora_weights(lora_run):
+    _, _, model, before, _ = lora_run
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".lora_" in k for k in changed), sorted(changed)[:5]
@@ -158,11 +194,14 @@ def test_lora_step_changes_only_lora_weights(wan_lora):
     assert trainable and all(".lora_" in n for n in trainable)
 
 
-def test_lora_file_loads_into_wan_pipeline_and_back(wan_lora, tmp_path):
-    from diffusers import WanPipeline
+PIPELINES = {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline"}
+
+
+def test_lora_file_loads_into_the_pipeline_and_back(lora_run):
+    import diffusers
     from safetensors import safe_open
 
-    folder, model, _, file = wan_lora
+    kind, folder, model, _, file = lora_run
     with safe_open(str(file), "pt") as f:
         keys = list(f.keys())
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
@@ -171,28 +210,27 @@ def test_lora_file_loads_into_wan_pipeline_and_back(wan_lora, tmp_path):
     trained = {n for n, p in model.unet.transformer.named_parameters() if p.requires_grad}
     assert len(keys) == len(trained)  # the adapters and nothing else of the model
 
-    pipe = WanPipeline.from_pretrained(str(folder))
+    pipe = getattr(diffusers, PIPELINES[kind]).from_pretrained(str(folder))
     pipe.load_lora_weights(str(file.parent), weight_name=file.name)
-    x, context, sigma = wan_inputs()
+    cls = type(model.unet)
+    x, logsnr, context = model_inputs(kind, model.unet)
     with torch.no_grad():
-        ours = model.unet(x, logsnr_from_flow_sigma(sigma), context)
-        theirs = pipe.transformer(x, timestep=(1000 * sigma).float(), encoder_hidden_states=context,
-                                  return_dict=False)[0]
-        base = WanTransformer(str(folder))(x, logsnr_from_flow_sigma(sigma), context)
-        reloaded = WanTransformer(str(folder), lora_weights=str(file))(x, logsnr_from_flow_sigma(sigma), context)
+        ours = model.unet(x, logsnr, context)
+        theirs = reference_prediction(kind, model.unet, pipe.transformer, x, logsnr, context)
+        base = cls(str(folder))(x, logsnr, context)
+        reloaded = cls(str(folder), lora_weights=str(file))(x, logsnr, context)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     torch.testing.assert_close(reloaded, ours, rtol=0, atol=1e-5)
     assert (ours - base).abs().max() > 1e-4  # the trained adapters do change the prediction
 
 
-def test_lora_checkpoint_leaves_base_out_and_reloads(wan_lora):
-    folder, model, _, _ = wan_lora
+def test_lora_checkpoint_leaves_base_out_and_reloads(lora_run):
+    kind, folder, model, _, _ = lora_run
     checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": {}}
     model.on_save_checkpoint(checkpoint)
     saved = set(checkpoint["state_dict"])
     assert saved and all(".lora_" in k for k in saved), sorted(saved)[:5]
-    fresh = wan_model(folder, lora_rank=4, lora_alpha=8.0, lora_target_modules=["to_q", "to_k", "to_v", "to_out.0",
-                                                                                 "ffn.net.2"])
+    fresh = build_model(kind, folder, lora_rank=4, lora_alpha=8.0, lora_target_modules=LORA_TARGETS)
     fresh.on_load_checkpoint(checkpoint)
     fresh.load_state_dict(checkpoint["state_dict"])
     for k, v in model.state_dict().items():
@@ -241,3 +279,101 @@ def test_errors_name_the_path_and_key(tiny_video, tmp_path):
     vae = DiffusersWanVAE(str(folder))
     with pytest.raises(ValueError, match="num_frames=8 does not fit .* 1 \\+ k \\* 4"):
         vae.encode(torch.zeros(1, 3, 8, 16, 16))
+
+
+# ---- CogVideoX ------------------------------------------------------------------------------------
+def cogvideox_model(folder: Path, lr: float = 1e-4, **unet) -> LatentDiffusion:
+    return LatentDiffusion(
+        unet=CogVideoXTransformer(str(folder), **unet),
+        text_encoder=T5TextEncoder(str(folder), max_length=16, use_attention_mask=False, mask_padding=False),
+        first_stage=DiffusersCogVideoXVAE(str(folder)),
+        schedule=DiscreteSchedule(pretrained=str(folder)),
+        target=None, guidance_scale=6.0, sample_steps=4, lr=lr, warmup_steps=0).eval()
+
+
+@pytest.mark.parametrize("kind", ["cogvideox", "cogvideox-rope"])
+def test_cogvideox_prediction_equals_diffusers_transformer(tiny_video, kind):
+    from diffusers import CogVideoXTransformer3DModel
+
+    folder = tiny_video(kind)
+    ours = CogVideoXTransformer(str(folder)).eval()
+    ref = CogVideoXTransformer3DModel.from_pretrained(str(folder / "transformer")).eval()
+    x, _, context = model_inputs(kind, ours)
+    ts = torch.tensor([999, 321])  # zero SNR and an inner timestep
+    rope = ours.rotary_embedding(3, 4, 4, x.device)
+    assert (rope is not None) == (kind == "cogvideox-rope")
+    with torch.no_grad():
+        got = ours(x, ours.schedule.logsnrs_at(ts), context)
+        want = ref(x.transpose(1, 2), context, ts, image_rotary_emb=rope, return_dict=False)[0].transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.timestep(ours.schedule.logsnrs_at(ts)), ts.double(), rtol=0, atol=1e-6)
+
+
+def test_cogvideox_step_equals_cogvideox_ddim_scheduler(tiny_video):
+    from diffusers import CogVideoXDDIMScheduler
+
+    folder = tiny_video("cogvideox")
+    scheduler = CogVideoXDDIMScheduler.from_pretrained(str(folder / "scheduler"))
+    scheduler.set_timesteps(5)
+    model = cogvideox_model(folder)
+    grid = torch.cat([model.schedule.logsnrs_at(scheduler.timesteps), torch.tensor([float("inf")])]).float()
+    x, _, context = model_inputs("cogvideox", model.unet)
+    x = x[:1]
+    for i in (0, 2, 4):  # from zero SNR (timestep 999), an inner step, the last step (to x0)
+        def denoise(z, logsnr):
+            return model.denoise(z, logsnr, context[:1], None)
+
+        ours = run_sampler("ddim", denoise, x, grid[i:i + 2], alpha_sigma=model.schedule.alpha_sigma)
+        t = scheduler.timesteps[i]
+        with torch.no_grad():
+            v = reference_prediction("cogvideox", model.unet, model.unet.transformer, x, grid[i:i + 1], context[:1])
+        want = scheduler.step(v.transpose(1, 2), t, x.transpose(1, 2), return_dict=False)[0].transpose(1, 2)
+        torch.testing.assert_close(ours, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 6.0])
+def test_cogvideox_sampled_video_equals_cogvideox_pipeline(tiny_video, guidance):
+    from diffusers import CogVideoXPipeline
+
+    folder = tiny_video("cogvideox")
+    model = cogvideox_model(folder)
+    pipe = CogVideoXPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))  # 9 frames of 16 x 16
+    kwargs = dict(height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
+                  max_sequence_length=16)
+    want_latents = pipe(PROMPT, latents=latents.transpose(1, 2).clone(), output_type="latent", **kwargs).frames
+    want_video = pipe(PROMPT, latents=latents.transpose(1, 2).clone(), output_type="pt", **kwargs).frames
+
+    pipe.scheduler.set_timesteps(4)
+    grid = torch.cat([model.schedule.logsnrs_at(pipe.scheduler.timesteps), torch.tensor([float("inf")])]).float()
+    denoise = model.guided_denoiser([PROMPT], fps=8.0, guidance_scale=guidance)
+    z = run_sampler("ddim", denoise, latents, grid, alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(z, want_latents.transpose(1, 2), rtol=0, atol=1e-4)
+    video = model.first_stage.decode(z).clamp(-1, 1)
+    torch.testing.assert_close((video.transpose(1, 2) + 1) / 2, want_video, rtol=0, atol=1e-4)
+    assert want_latents.abs().max() > 0.1
+    # the default time grid starts at zero SNR too, so model.sample takes the pipeline's first step
+    assert model.schedule.sampling_logsnrs(4)[0] == grid[0] == float("-inf")
+
+
+def test_cogvideox_sample_runs_every_sampler(tiny_video):
+    model = cogvideox_model(tiny_video("cogvideox"))
+    for sampler in ("ddim", "ancestral", "dpmpp_2m", "heun"):
+        video = model.sample([PROMPT], num_frames=9, height=16, width=16, steps=3, sampler=sampler,
+                             generator=torch.Generator().manual_seed(0))
+        assert video.shape == (1, 3, 9, 16, 16) and torch.isfinite(video).all(), sampler
+
+
+def test_cogvideox_errors(tiny_video):
+    folder = tiny_video("cogvideox")
+    net = CogVideoXTransformer(str(folder))
+    x, logsnr, context = model_inputs("cogvideox", net)
+    with pytest.raises(ValueError, match="max_text_seq_length=16"):
+        net(x, logsnr, context[:, :8])
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[:, 10:] = False
+    with pytest.raises(ValueError, match="attends to every text token"):
+        net(x, logsnr, context, mask)
+    with pytest.raises(ValueError, match="num_frames=5 does not fit the CogVideoX VAE"):
+        DiffusersCogVideoXVAE(str(folder)).encode(torch.zeros(1, 3, 5, 16, 16))

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 RECIPES = {  # kind -> (recipe, placeholder path, pipeline class, frames, size)
     "wan": ("finetune-wan.yaml", "checkpoints/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", 5, 16),
+    "cogvideox": ("finetune-cogvideox.yaml", "checkpoints/CogVideoX-2b", "CogVideoXPipeline", 9, 16),
 }
+TEXT_LENGTH = {"cogvideox": 16}  # the tiny CogVideoX's max_text_seq_length (the real 2b: 226)
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -37,6 +39,10 @@ def tiny_recipe(kind: str, folder: Path, tmp: Path) -> Path:
     model = cfg["model"]["init_args"]
     for part in ("text_encoder", "first_stage"):
         assert model[part]["init_args"]["path"] == str(folder)
+    if "pretrained" in model["schedule"]["init_args"]:
+        assert model["schedule"]["init_args"]["pretrained"] == str(folder)
+    if kind in TEXT_LENGTH:
+        model["text_encoder"]["init_args"]["max_length"] = TEXT_LENGTH[kind]
     model["unet"]["init_args"].update(dtype="float32", lora_rank=4, lora_alpha=8)
     model["text_encoder"]["init_args"]["dtype"] = "float32"
     model.update(warmup_steps=0, lr=1e-3)
