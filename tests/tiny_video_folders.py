@@ -101,5 +101,39 @@ def build_tiny_cogvideox(root: Path, seed: int = 0, rope: bool = False) -> Path:
     return root
 
 
-BUILDERS = {"wan": build_tiny_wan, "cogvideox": build_tiny_cogvideox,
+LTX_SCHEDULE = dict(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024,
+                    max_image_seq_len=4096, shift_terminal=0.1)  # LTX-Video 0.9's scheduler config
+
+
+def build_tiny_ltx(root: Path, seed: int = 0) -> Path:
+    """A tiny random LTX-Video folder: LTXVideoTransformer3DModel (2 blocks, 2 heads x 8), AutoencoderKLLTXVideo
+    (temporal factor 4, spatial factor 4, 8 channels, random latents_mean / latents_std), T5 encoder,
+    FlowMatchEulerDiscreteScheduler with LTX-Video's dynamic shifting and terminal shift."""
+    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
+                           LTXVideoTransformer3DModel)
+    from transformers import AutoTokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tok_dir = root / "tokenizer"
+        vocab = write_t5_tokenizer(tok_dir, max_length=128)
+        transformer = LTXVideoTransformer3DModel(
+            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+            cross_attention_dim=16, num_layers=2, caption_channels=TEXT_DIM)
+        vae = AutoencoderKLLTXVideo(
+            latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False), decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4, upsample_factor=(1,) * 4,
+            timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False)
+        vae.latents_mean.copy_(torch.randn(8) * 0.2)
+        vae.latents_std.copy_(torch.rand(8) + 0.5)
+        pipe = LTXPipeline(tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)), text_encoder=t5_encoder("t5", vocab),
+                           transformer=transformer.eval(), vae=vae.eval(),
+                           scheduler=FlowMatchEulerDiscreteScheduler(**LTX_SCHEDULE))
+        pipe.save_pretrained(str(root))
+    return root
+
+
+BUILDERS = {"wan": build_tiny_wan, "ltx": build_tiny_ltx, "cogvideox": build_tiny_cogvideox,
             "cogvideox-rope": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True)}

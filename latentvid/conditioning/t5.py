@@ -9,7 +9,7 @@ pipeline       max_length  encoder sees the mask    what the denoiser gets
 =============  ==========  =======================  ==============================================
 Wan            512         yes                      padding zeroed, all tokens attended
 CogVideoX      226         no                       all tokens, as encoded, all attended
-LTX-Video      128         yes                      the features and the real-token mask
+LTX-Video      128         no                       the features and the real-token mask
 =============  ==========  =======================  ==============================================
 
 ``use_attention_mask`` is the middle column; ``mask_padding=True`` returns the real-token mask
@@ -88,7 +88,7 @@ class T5TextEncoder(nn.Module):
         text_encoder_subfolder: subfolder with the encoder (config.json + weights).
         tokenizer_subfolder: subfolder with the tokenizer (tokenizer.json or spiece.model + tokenizer_config.json).
         max_length: tokens per caption (Wan 512, CogVideoX 226, LTX-Video 128), padded and truncated.
-        use_attention_mask: the encoder attends to real tokens only (Wan, LTX-Video: True; CogVideoX: False).
+        use_attention_mask: the encoder attends to real tokens only (Wan: True; CogVideoX, LTX-Video: False).
         mask_padding: the returned mask marks padding False (False: all True).
         clean: Wan's prompt cleaning before tokenising.
         dtype: the encoder's weights and features, ``"float32"``, ``"bfloat16"`` or ``"float16"``

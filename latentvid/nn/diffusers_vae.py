@@ -232,15 +232,16 @@ def channel_stats(config: Any, folder: Path, n: int) -> tuple[torch.Tensor, torc
 class _ChannelNormalisedVAE(_FrozenDiffusersVAE):
     """A causal video VAE whose latents are normalised per channel, ``(z - mean) / std * scale``
     (Wan: scale 1; LTX-Video: its config's ``scaling_factor``), the way its diffusers pipeline does.
-    ``mean`` / ``std`` are non-persistent buffers: they come from the config, not the checkpoint."""
+    ``mean`` / ``std`` are non-persistent buffers: they come from the model folder, not the checkpoint."""
 
-    def _setup(self, vae: Any, folder: Path, channels: int, temporal: int, spatial: int, scale: float) -> None:
+    def _setup(self, vae: Any, folder: Path, channels: int, temporal: int, spatial: int, scale: float,
+               stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         vae.requires_grad_(False)
         vae.eval()
         self.vae = vae
         self.latent_channels, self.temporal_factor, self.spatial_factor = channels, temporal, spatial
         self.scale, self.shift = float(scale), 0.0
-        mean, std = channel_stats(vae.config, folder, channels)
+        mean, std = channel_stats(vae.config, folder, channels) if stats is None else stats
         self.register_buffer("latents_mean", mean.view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("latents_std", std.view(1, -1, 1, 1, 1), persistent=False)
         self.weights_path = str(folder)
@@ -307,3 +308,54 @@ def check_class(folder: Path, expected: str) -> None:
         raise ValueError(f"{file} is not valid JSON: {err}") from err
     if name is not None and name != expected:
         raise ValueError(f"{file}: _class_name is {name!r}, expected {expected!r} (is `path` the right model folder?)")
+
+
+class DiffusersLTXVideoVAE(_ChannelNormalisedVAE):
+    """LTX-Video's causal 3D VAE (diffusers ``AutoencoderKLLTXVideo``).
+
+    Video (B, 3, T, H, W), T = 1 + tf * k <-> latents (B, 128, 1 + k, H / sf, W / sf) normalised per channel
+    as LTXPipeline does, ``(z - latents_mean) * scaling_factor / latents_std`` (mean / std are buffers of
+    the VAE's weights); tf = 8 and sf = 32 for the released VAEs (the model's ``temporal_compression_ratio``
+    / ``spatial_compression_ratio``). VAEs with ``timestep_conditioning`` (LTX-Video 0.9.1+) decode at
+    ``decode_timestep`` after mixing in ``decode_noise_scale`` of fresh noise, LTXPipeline's
+    ``decode_timestep`` / ``decode_noise_scale`` (its defaults 0 and None = ``decode_timestep``).
+
+    Args:
+        path: local diffusers folder (an LTX-Video pipeline folder with a ``vae`` subfolder, or the VAE folder
+            itself with ``subfolder=None``). Nothing is downloaded.
+        subfolder: subfolder of ``path`` holding the VAE's config.json, or None.
+        decode_timestep: the decoder's timestep (timestep-conditioned VAEs only; 0.9.1 recommends 0.05).
+        decode_noise_scale: noise mixed into the latents before decoding; None = ``decode_timestep``.
+        tiling: enable diffusers' spatial tiling for large frames (approximate, saves memory).
+    """
+
+    def __init__(self, path: str, subfolder: str | None = "vae", decode_timestep: float = 0.0,
+                 decode_noise_scale: float | None = None, tiling: bool = False) -> None:
+        super().__init__()
+        folder = model_folder(path, subfolder, "AutoencoderKLLTXVideo", "Lightricks/LTX-Video --include 'vae/*'")
+        check_class(folder, "AutoencoderKLLTXVideo")
+        from diffusers import AutoencoderKLLTXVideo  # lazy: diffusers is slow to import
+
+        vae = AutoencoderKLLTXVideo.from_pretrained(str(folder), local_files_only=True)
+        stats = (vae.latents_mean.detach().float().clone(), vae.latents_std.detach().float().clone())
+        if bool((stats[1] <= 0).any()):
+            raise ValueError(f"{folder}: the VAE's latents_std must be > 0, got {stats[1].tolist()}")
+        self._setup(vae, folder, int(vae.config.latent_channels), int(vae.temporal_compression_ratio),
+                    int(vae.spatial_compression_ratio), float(vae.config.scaling_factor), stats)
+        self.decode_timestep = float(decode_timestep)
+        self.decode_noise_scale = self.decode_timestep if decode_noise_scale is None else float(decode_noise_scale)
+        if tiling:
+            self.vae.enable_tiling()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, C, t, h, w) -> video (B, 3, 1 + (t - 1) * tf, h * sf, w * sf)."""
+        self._check_latents(latents)
+        z = self._from_latent(latents)
+        if not self.vae.config.timestep_conditioning:
+            return self.vae.decode(z).sample.to(latents.dtype)
+        b = z.shape[0]
+        if self.decode_noise_scale:
+            s = self.decode_noise_scale
+            z = (1.0 - s) * z + s * torch.randn_like(z)
+        temb = torch.full((b,), self.decode_timestep, device=z.device, dtype=z.dtype)
+        return self.vae.decode(z, temb).sample.to(latents.dtype)

@@ -25,8 +25,8 @@ and ``lora_weights`` loads such a file back. ``gradient_checkpointing`` recomput
 backward; ``dtype: bfloat16`` holds the weights in bf16; :func:`fsdp_wrap_policy` wraps each
 transformer block in its own FSDP unit.
 
-Inputs the pretrained models have no use for: ``fps`` is ignored (none of them is conditioned on
-the frame rate); a ``frame_mask`` with padded frames is refused (their attention sees every frame,
+Inputs the pretrained models have no use for: ``fps`` is ignored by Wan and CogVideoX (LTX-Video
+scales its RoPE by the frame rate, so it gets the clip's); a ``frame_mask`` with padded frames is refused (their attention sees every frame,
 so padding would change the valid frames' predictions: train on full clips, ``image_ratio: 0``).
 """
 
@@ -312,7 +312,8 @@ class PretrainedVideoTransformer(nn.Module):
         """logSNR (B,) -> the model's own timestep (B,) float64."""
         raise NotImplementedError
 
-    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None) -> Tensor:
+    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None,
+                fps: Tensor | None = None) -> Tensor:
         """The diffusers model on latents x (B, C, T, H, W) in its dtype -> its prediction (B, C, T, H, W)."""
         raise NotImplementedError
 
@@ -352,10 +353,11 @@ class PretrainedVideoTransformer(nn.Module):
         extra: Tensor | None = None,
     ) -> Tensor:
         """The model's prediction (B, C, T, H, W) float32 for noisy latents x (B, C, T, H, W) at logsnr (B,),
-        text tokens ``context`` (B, L, D) with ``context_mask`` (B, L) bool; ``fps`` is ignored."""
+        text tokens ``context`` (B, L, D) with ``context_mask`` (B, L) bool; ``fps`` (B,) only reaches
+        LTX-Video (its RoPE is scaled by the frame rate)."""
         self._check(x, logsnr, context, context_mask, frame_mask, extra)
         dtype = self.transformer.dtype
-        out = self.predict(x.to(dtype), self.timestep(logsnr), context.to(dtype), context_mask)
+        out = self.predict(x.to(dtype), self.timestep(logsnr), context.to(dtype), context_mask, fps)
         return out.to(x.dtype)
 
 
@@ -388,7 +390,8 @@ class WanTransformer(PretrainedVideoTransformer):
     def timestep(self, logsnr: Tensor) -> Tensor:
         return flow_timestep(logsnr)
 
-    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None) -> Tensor:
+    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None,
+                fps: Tensor | None = None) -> Tensor:
         if context_mask is not None:  # Wan's padding convention: zero vectors, attended
             context = context * context_mask[..., None].to(context.dtype)
         return self.transformer(hidden_states=x, timestep=timestep.to(torch.float32), encoder_hidden_states=context,
@@ -458,7 +461,8 @@ class CogVideoXTransformer(PretrainedVideoTransformer):
                                        temporal_size=frames // p_t, grid_type="slice", max_size=(base_h, base_w),
                                        device=device)
 
-    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None) -> Tensor:
+    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None,
+                fps: Tensor | None = None) -> Tensor:
         if context_mask is not None and not bool(context_mask.all()):
             raise ValueError("CogVideoXTransformer: CogVideoX attends to every text token; encode with "
                              "T5TextEncoder(use_attention_mask: false, mask_padding: false)")
@@ -472,3 +476,86 @@ class CogVideoXTransformer(PretrainedVideoTransformer):
         out = self.transformer(hidden_states=x.transpose(1, 2), encoder_hidden_states=context,  # (B, T, C, H, W)
                                timestep=timestep.to(torch.float32), image_rotary_emb=rope, return_dict=False)[0]
         return out.transpose(1, 2)  # (B, C, T, H, W)
+
+
+def pack_latents(x: Tensor, p: int = 1, p_t: int = 1) -> Tensor:
+    """LTX-Video's token layout: (B, C, T, H, W) -> (B, T/p_t * H/p * W/p, C * p_t * p * p), frames outermost."""
+    b, c, t, h, w = x.shape
+    x = x.reshape(b, c, t // p_t, p_t, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, (t // p_t) * (h // p) * (w // p), c * p_t * p * p)
+
+
+def unpack_latents(tokens: Tensor, t: int, h: int, w: int, p: int = 1, p_t: int = 1) -> Tensor:
+    """The inverse of :func:`pack_latents`: (B, S, C * p_t * p * p) -> (B, C, T, H, W) for latent size (t, h, w)."""
+    b = tokens.shape[0]
+    x = tokens.reshape(b, t // p_t, h // p, w // p, -1, p_t, p, p)
+    return x.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, -1, t, h, w)
+
+
+def ltx_vae_factors(vae_config: dict[str, Any]) -> tuple[int, int]:
+    """(temporal, spatial) compression of an ``AutoencoderKLLTXVideo`` config, as diffusers computes them."""
+    scalings = sum(bool(v) for v in vae_config.get("spatio_temporal_scaling", (True, True, True, False)))
+    spatial = vae_config.get("spatial_compression_ratio") or vae_config.get("patch_size", 4) * 2**scalings
+    temporal = vae_config.get("temporal_compression_ratio") or vae_config.get("patch_size_t", 1) * 2**scalings
+    return int(temporal), int(spatial)
+
+
+class LTXVideoTransformer(PretrainedVideoTransformer):
+    """LTX-Video text-to-video ``LTXVideoTransformer3DModel``: flow matching on packed latent tokens.
+
+    Latents (B, 128, T, H, W) at flow time sigma -> the velocity eps - x0 (``target: flow``), timestep
+    1000 sigma, latents packed to tokens as LTXPipeline packs them. Text: T5 tokens with the real-token
+    mask passed on as ``encoder_attention_mask``, encoded without a mask as LTXPipeline does
+    (``T5TextEncoder(max_length: 128, use_attention_mask: false)``). The 3D RoPE is
+    scaled by (temporal factor / fps, spatial factor, spatial factor) of the VAE (``vae/config.json``),
+    so the clip's frame rate matters: ``fps`` from the batch / sampler, else ``frame_rate``.
+
+    Args:
+        vae_subfolder: subfolder of ``pretrained`` with the VAE's config.json (its compression factors).
+        frame_rate: the fps when none is given (LTXPipeline's default 25).
+        Other args: see :class:`PretrainedVideoTransformer`.
+    """
+
+    diffusers_class = "LTXVideoTransformer3DModel"
+    lora_loader = "LTXVideoLoraLoaderMixin"
+
+    def __init__(self, pretrained: str, *args: Any, vae_subfolder: str = "vae", frame_rate: float = 25.0,
+                 **kwargs: Any) -> None:
+        super().__init__(pretrained, *args, **kwargs)
+        if frame_rate <= 0:
+            raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
+        vae_config = read_model_config(Path(pretrained).expanduser() / vae_subfolder, "AutoencoderKLLTXVideo")
+        self.vae_temporal, self.vae_spatial = ltx_vae_factors(vae_config)
+        self.frame_rate = float(frame_rate)
+
+    @property
+    def context_dim(self) -> int:
+        return int(self.config["caption_channels"])
+
+    @property
+    def downsample_factor(self) -> int:
+        return int(self.config.get("patch_size") or 1)
+
+    @property
+    def frame_multiple(self) -> int:
+        return int(self.config.get("patch_size_t") or 1)
+
+    def timestep(self, logsnr: Tensor) -> Tensor:
+        return flow_timestep(logsnr)
+
+    def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None,
+                fps: Tensor | None = None) -> Tensor:
+        b, _, t, h, w = x.shape
+        p, p_t = self.downsample_factor, self.frame_multiple
+        if fps is None:
+            fps = torch.full((b,), self.frame_rate, device=x.device)
+        # per-sample frame rates: the temporal RoPE scale broadcasts over (B, 1, T, H, W) coordinates
+        scale = (self.vae_temporal / fps.to(device=x.device, dtype=torch.float32)).view(b, 1, 1, 1, 1)
+        mask = context_mask if context_mask is not None else torch.ones(context.shape[:2], dtype=torch.bool,
+                                                                        device=context.device)
+        out = self.transformer(hidden_states=pack_latents(x, p, p_t), encoder_hidden_states=context,
+                               timestep=timestep.to(torch.float32), encoder_attention_mask=mask,
+                               num_frames=t // p_t, height=h // p, width=w // p,
+                               rope_interpolation_scale=(scale, self.vae_spatial, self.vae_spatial),
+                               return_dict=False)[0]
+        return unpack_latents(out, t, h, w, p, p_t)

@@ -68,3 +68,15 @@ def test_cogvideox_encoding_equals_cogvideox_pipeline(tiny_video):
     context, mask = enc(PROMPTS)
     assert mask.all()  # CogVideoX attends to every token, padding included
     torch.testing.assert_close(context, want, rtol=0, atol=1e-6)
+
+
+def test_ltx_encoding_equals_ltx_pipeline(tiny_video):
+    from diffusers import LTXPipeline
+
+    folder = tiny_video("ltx")
+    enc = T5TextEncoder(str(folder), max_length=20, use_attention_mask=False)
+    pipe = LTXPipeline.from_pretrained(str(folder))
+    want, want_mask, _, _ = pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False, max_sequence_length=20)
+    context, mask = enc(PROMPTS)
+    torch.testing.assert_close(context, want, rtol=0, atol=1e-5)  # encoded without the mask ...
+    assert torch.equal(mask, want_mask)  # ... which the LTX denoiser gets

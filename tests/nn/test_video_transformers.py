@@ -14,9 +14,12 @@ from latentvid.conditioning.t5 import T5TextEncoder
 from latentvid.diffusion import RectifiedFlowSchedule, prediction_to_x0, run_sampler
 from latentvid.models.latent_diffusion import LatentDiffusion
 from latentvid.diffusion.discrete import DiscreteSchedule
-from latentvid.nn.diffusers_vae import DiffusersCogVideoXVAE, DiffusersWanVAE
+from latentvid.nn.diffusers_vae import DiffusersCogVideoXVAE, DiffusersLTXVideoVAE, DiffusersWanVAE
 from latentvid.nn.video_transformers import (
     CogVideoXTransformer,
+    LTXVideoTransformer,
+    pack_latents,
+    unpack_latents,
     WanTransformer,
     flow_match_logsnrs,
     flow_sigma,
@@ -138,6 +141,8 @@ def build_model(kind: str, folder: Path, lr: float = 1e-4, **unet) -> LatentDiff
         return wan_model(folder, lr=lr, **unet)
     if kind.startswith("cogvideox"):
         return cogvideox_model(folder, lr=lr, **unet)
+    if kind == "ltx":
+        return ltx_model(folder, lr=lr, **unet)
     raise KeyError(kind)
 
 
@@ -146,6 +151,12 @@ def reference_prediction(kind: str, net, transformer, x, logsnr, context):
     if kind == "wan":
         return transformer(x, timestep=(1000 * flow_sigma(logsnr)).float(), encoder_hidden_states=context,
                            return_dict=False)[0]
+    if kind == "ltx":  # LTXPipeline at its default 25 fps
+        t, h, w = x.shape[2:]
+        out = transformer(pack_latents(x), context, (1000 * flow_sigma(logsnr)).float(),
+                          torch.ones(context.shape[:2], dtype=torch.bool), num_frames=t, height=h, width=w,
+                          rope_interpolation_scale=(4 / 25.0, 4, 4), return_dict=False)[0]
+        return unpack_latents(out, t, h, w)
     rope = net.rotary_embedding(x.shape[2], x.shape[3], x.shape[4], x.device)
     ts = net.schedule.timestep(logsnr).round().long()  # integer timesteps, as CogVideoXPipeline passes
     return transformer(x.transpose(1, 2), context, ts, image_rotary_emb=rope, return_dict=False)[0].transpose(1, 2)
@@ -153,14 +164,14 @@ def reference_prediction(kind: str, net, transformer, x, logsnr, context):
 
 def model_inputs(kind: str, net, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 4, 3, 4, 4, generator=g)
+    x = torch.randn(2, 8 if kind == "ltx" else 4, 3, 4, 4, generator=g)
     context = torch.randn(2, 7 if kind == "wan" else 16, 16, generator=g)
-    if kind == "wan":
+    if kind in ("wan", "ltx"):
         return x, logsnr_from_flow_sigma(torch.tensor([0.3, 0.9], dtype=torch.float64)), context
     return x, net.schedule.logsnrs_at(torch.tensor([200, 700])), context
 
 
-LORA_KINDS = ["wan", "cogvideox"]
+LORA_KINDS = ["wan", "cogvideox", "ltx"]
 
 
 @pytest.fixture(scope="module", params=LORA_KINDS)
@@ -194,7 +205,7 @@ def test_lora_step_changes_only_lora_weights(lora_run):
     assert trainable and all(".lora_" in n for n in trainable)
 
 
-PIPELINES = {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline"}
+PIPELINES = {"wan": "WanPipeline", "cogvideox": "CogVideoXPipeline", "ltx": "LTXPipeline"}
 
 
 def test_lora_file_loads_into_the_pipeline_and_back(lora_run):
@@ -214,11 +225,12 @@ def test_lora_file_loads_into_the_pipeline_and_back(lora_run):
     pipe.load_lora_weights(str(file.parent), weight_name=file.name)
     cls = type(model.unet)
     x, logsnr, context = model_inputs(kind, model.unet)
+    fps = torch.full((2,), 25.0)
     with torch.no_grad():
-        ours = model.unet(x, logsnr, context)
+        ours = model.unet(x, logsnr, context, fps=fps)
         theirs = reference_prediction(kind, model.unet, pipe.transformer, x, logsnr, context)
-        base = cls(str(folder))(x, logsnr, context)
-        reloaded = cls(str(folder), lora_weights=str(file))(x, logsnr, context)
+        base = cls(str(folder))(x, logsnr, context, fps=fps)
+        reloaded = cls(str(folder), lora_weights=str(file))(x, logsnr, context, fps=fps)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     torch.testing.assert_close(reloaded, ours, rtol=0, atol=1e-5)
     assert (ours - base).abs().max() > 1e-4  # the trained adapters do change the prediction
@@ -377,3 +389,108 @@ def test_cogvideox_errors(tiny_video):
         net(x, logsnr, context, mask)
     with pytest.raises(ValueError, match="num_frames=5 does not fit the CogVideoX VAE"):
         DiffusersCogVideoXVAE(str(folder)).encode(torch.zeros(1, 3, 5, 16, 16))
+
+
+# ---- LTX-Video ------------------------------------------------------------------------------------
+def ltx_model(folder: Path, lr: float = 1e-4, **unet) -> LatentDiffusion:
+    return LatentDiffusion(
+        unet=LTXVideoTransformer(str(folder), **unet),
+        text_encoder=T5TextEncoder(str(folder), max_length=128, use_attention_mask=False),
+        first_stage=DiffusersLTXVideoVAE(str(folder)),
+        schedule=RectifiedFlowSchedule(shift=3.0),
+        target="flow", guidance_scale=3.0, sample_steps=4, lr=lr, warmup_steps=0).eval()
+
+
+def test_pack_latents_round_trip():
+    x = torch.randn(2, 8, 4, 6, 4)
+    for p, p_t in ((1, 1), (2, 2)):
+        tokens = pack_latents(x, p, p_t)
+        assert tokens.shape == (2, 4 * 6 * 4 // (p * p * p_t), 8 * p * p * p_t)
+        torch.testing.assert_close(unpack_latents(tokens, 4, 6, 4, p, p_t), x, rtol=0, atol=0)
+    from diffusers import LTXPipeline
+
+    torch.testing.assert_close(pack_latents(x, 2, 2), LTXPipeline._pack_latents(x, 2, 2), rtol=0, atol=0)
+
+
+def test_ltx_prediction_equals_diffusers_transformer(tiny_video):
+    from diffusers import LTXVideoTransformer3DModel
+
+    folder = tiny_video("ltx")
+    ours = LTXVideoTransformer(str(folder)).eval()
+    ref = LTXVideoTransformer3DModel.from_pretrained(str(folder / "transformer")).eval()
+    x, logsnr, context = model_inputs("ltx", ours)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 6:] = False
+    fps = torch.tensor([25.0, 8.0])
+    with torch.no_grad():
+        got = ours(x, logsnr, context, mask, fps)
+        for i in range(2):  # per sample: the pipeline's RoPE scale is (tf / frame_rate, sf, sf)
+            out = ref(pack_latents(x[i:i + 1]), context[i:i + 1], (1000 * flow_sigma(logsnr[i:i + 1])).float(),
+                      mask[i:i + 1], num_frames=3, height=4, width=4,
+                      rope_interpolation_scale=(4 / float(fps[i]), 4, 4), return_dict=False)[0]
+            torch.testing.assert_close(got[i:i + 1], unpack_latents(out, 3, 4, 4), rtol=0, atol=1e-5)
+        assert (got - ours(x, logsnr, context, mask, torch.full((2,), 25.0))).abs()[1].max() > 1e-5  # fps matters
+
+
+def ltx_scheduler_grid(scheduler, steps: int, tokens: int):
+    """LTXPipeline's sigmas for ``steps`` and a clip of ``tokens`` latent tokens, as our logSNR grid."""
+    import numpy as np
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+    cfg = scheduler.config
+    mu = calculate_shift(tokens, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    sig = scheduler.sigmas
+    return torch.cat([logsnr_from_flow_sigma(sig[:-1].double()), torch.tensor([float("inf")])]).float()
+
+
+def test_ltx_step_equals_flow_match_euler(tiny_video):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    folder = tiny_video("ltx")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler"))
+    grid = ltx_scheduler_grid(scheduler, 5, tokens=3 * 4 * 4)
+    model = ltx_model(folder)
+    x, _, context = model_inputs("ltx", model.unet)
+    x, context = x[:1], context[:1]
+    for i in (0, 2, 4):
+        def denoise(z, logsnr):
+            return model.denoise(z, logsnr, context, torch.ones(1, 16, dtype=torch.bool), torch.full((1,), 25.0))
+
+        ours = run_sampler("ddim", denoise, x, grid[i:i + 2], alpha_sigma=model.schedule.alpha_sigma)
+        t = scheduler.timesteps[i]
+        with torch.no_grad():
+            v = reference_prediction("ltx", model.unet, model.unet.transformer, x, grid[i:i + 1], context)
+        scheduler._step_index = i
+        want = scheduler.step(pack_latents(v), t, pack_latents(x), return_dict=False)[0]
+        torch.testing.assert_close(pack_latents(ours), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_ltx_sampled_video_equals_ltx_pipeline(tiny_video, guidance):
+    from diffusers import LTXPipeline
+
+    folder = tiny_video("ltx")
+    model = ltx_model(folder)
+    pipe = LTXPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 8, 3, 8, 8, generator=torch.Generator().manual_seed(3))  # 9 frames of 32 x 32
+    kwargs = dict(height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=guidance, frame_rate=25)
+    want_latents = pipe(PROMPT, latents=pack_latents(latents), output_type="latent", **kwargs).frames
+    want_video = pipe(PROMPT, latents=pack_latents(latents), output_type="pt", **kwargs).frames
+
+    grid = ltx_scheduler_grid(pipe.scheduler, 4, tokens=3 * 8 * 8)
+    denoise = model.guided_denoiser([PROMPT], fps=25.0, guidance_scale=guidance)
+    z = run_sampler("ddim", denoise, latents, grid, alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(pack_latents(z), want_latents, rtol=0, atol=1e-4)
+    video = model.first_stage.decode(z).clamp(-1, 1)
+    torch.testing.assert_close((video.transpose(1, 2) + 1) / 2, want_video, rtol=0, atol=1e-4)
+    assert want_latents.abs().max() > 0.1
+
+
+def test_ltx_sample_runs_every_sampler(tiny_video):
+    model = ltx_model(tiny_video("ltx"))
+    for sampler in ("ddim", "ancestral", "dpmpp_2m", "heun"):
+        video = model.sample([PROMPT], num_frames=9, height=16, width=16, steps=3, sampler=sampler,
+                             generator=torch.Generator().manual_seed(0))
+        assert video.shape == (1, 3, 9, 16, 16) and torch.isfinite(video).all(), sampler

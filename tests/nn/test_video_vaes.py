@@ -51,3 +51,26 @@ def test_wan_vae_errors(tiny_video, tmp_path):
         DiffusersWanVAE(str(tmp_path / "none"))
     with pytest.raises(ValueError, match="num_frames=6 does not fit"):
         DiffusersWanVAE(str(folder)).encode(torch.zeros(1, 3, 6, 16, 16))
+
+
+def test_ltx_vae_normalises_like_ltx_pipeline(tiny_video):
+    from diffusers import AutoencoderKLLTXVideo, LTXPipeline
+
+    from latentvid.nn.diffusers_vae import DiffusersLTXVideoVAE
+
+    folder = tiny_video("ltx")
+    ours = DiffusersLTXVideoVAE(str(folder))
+    ref = AutoencoderKLLTXVideo.from_pretrained(str(folder / "vae")).eval()
+    assert (ours.latent_channels, ours.temporal_factor, ours.spatial_factor) == (8, 4, 4)
+    assert ref.latents_std.std() > 0  # the tiny folder's statistics are not the identity
+    video = torch.rand(1, 3, 9, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = ours.encode(video)
+    with torch.no_grad():
+        raw = ref.encode(video).latent_dist.mode()
+        want_z = LTXPipeline._normalize_latents(raw, ref.latents_mean, ref.latents_std, ref.config.scaling_factor)
+        torch.testing.assert_close(z, want_z, rtol=0, atol=1e-5)
+        want = ref.decode(LTXPipeline._denormalize_latents(z, ref.latents_mean, ref.latents_std,
+                                                           ref.config.scaling_factor)).sample
+    torch.testing.assert_close(ours.decode(z), want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="num_frames=8 does not fit"):
+        ours.encode(torch.zeros(1, 3, 8, 16, 16))

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 RECIPES = {  # kind -> (recipe, placeholder path, pipeline class, frames, size)
     "wan": ("finetune-wan.yaml", "checkpoints/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", 5, 16),
     "cogvideox": ("finetune-cogvideox.yaml", "checkpoints/CogVideoX-2b", "CogVideoXPipeline", 9, 16),
+    "ltx": ("finetune-ltx.yaml", "checkpoints/LTX-Video", "LTXPipeline", 9, 16),
 }
 TEXT_LENGTH = {"cogvideox": 16}  # the tiny CogVideoX's max_text_seq_length (the real 2b: 226)
 
