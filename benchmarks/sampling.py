@@ -35,12 +35,12 @@ from latentvid.evaluation.sampling import clip_shape, sample_seeded  # noqa: E40
 from latentvid.pipelines.loading import load_model  # noqa: E402
 
 
-def parse_row(text: str) -> tuple[str, int]:
-    """``"dpmpp_2m:8"`` -> ("dpmpp_2m", 8)."""
-    sampler, _, steps = text.partition(":")
-    if not steps.isdigit() or int(steps) < 1:
-        raise argparse.ArgumentTypeError(f"--row wants SAMPLER:STEPS (e.g. ddim:50), got {text!r}")
-    return sampler, int(steps)
+def parse_row(text: str) -> tuple[str, int, str]:
+    """``"dpmpp_2m:8"`` -> ("dpmpp_2m", 8, "time"); ``"dpmpp_2m:8:logsnr"`` names the grid."""
+    sampler, steps, spacing = (text.split(":") + ["time"])[:3]
+    if not steps.isdigit() or int(steps) < 1 or text.count(":") > 2:
+        raise argparse.ArgumentTypeError(f"--row wants SAMPLER:STEPS[:SPACING] (e.g. ddim:50), got {text!r}")
+    return sampler, int(steps), spacing
 
 
 def parse_student(text: str) -> tuple[int, str]:
@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--teacher", required=True, help="the teacher checkpoint (or run root); its EMA weights")
     p.add_argument("--student", type=parse_student, action="append", default=[], metavar="STEPS=CKPT",
                    help="a distilled student (ProgressiveDistillation checkpoint) sampling in STEPS steps")
-    p.add_argument("--row", type=parse_row, action="append", default=None, metavar="SAMPLER:STEPS",
-                   help="a teacher row (default: ddim:50 ddim:8 dpmpp_2m:8 dpmpp_2m:10)")
+    p.add_argument("--row", type=parse_row, action="append", default=None, metavar="SAMPLER:STEPS[:SPACING]",
+                   help="a teacher row (default: ddim:50 ddim:8 dpmpp_2m:8 dpmpp_2m:10); SPACING: time "
+                        "(default), logsnr or karras")
     p.add_argument("--reference-steps", type=int, default=200, help="DDIM steps of the reference sample")
     p.add_argument("--per-prompt", type=int, default=8, help="fresh seeds per held-out caption (6 captions)")
     p.add_argument("--guidance", type=float, default=3.0)
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows_wanted = args.row or [("ddim", 50), ("ddim", 8), ("dpmpp_2m", 8), ("dpmpp_2m", 10)]
+    rows_wanted = args.row or [("ddim", 50, "time"), ("ddim", 8, "time"), ("dpmpp_2m", 8, "time"),
+                               ("dpmpp_2m", 10, "time")]
     captions = [video_caption(*c) for c in HELD_OUT for _ in range(args.per_prompt)]
 
     teacher, ckpt = load_model(args.teacher, device=args.device)
@@ -103,10 +105,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = [measure(f"teacher DDIM {args.reference_steps} (reference)", reference, secs,
                         2 * args.reference_steps, captions, None)]
         print(rows[-1], flush=True)
-        for sampler, steps in rows_wanted:
-            videos, secs = timed_samples(teacher, captions, shape, sampler=sampler, steps=steps, **common)
+        for sampler, steps, spacing in rows_wanted:
+            videos, secs = timed_samples(teacher, captions, shape, sampler=sampler, steps=steps, spacing=spacing,
+                                         **common)
             passes = 2 * steps * (2 if sampler == "heun" else 1)  # CFG: conditional + unconditional
-            rows.append(measure(f"teacher {sampler} {steps}", videos, secs, passes, captions, reference))
+            grid = "" if spacing == "time" else f" ({spacing} grid)"
+            rows.append(measure(f"teacher {sampler} {steps}{grid}", videos, secs, passes, captions, reference))
             print(rows[-1], flush=True)
         del teacher
         for steps, path in args.student:

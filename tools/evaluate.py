@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from latentvid.evaluation.options import (  # noqa: E402  (light: no torch)
     METRICS,
     SAMPLER_NAMES,
+    SPACING_NAMES,
     EvalOptions,
     parse_metric_names,
 )
@@ -79,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--guidance", metavar="W", type=float, help="classifier-free guidance scale (default: the model's)")
     add("--sampler", choices=SAMPLER_NAMES,
         help="sampler (default: the model's); dpmpp_2m and heun are second-order ODE solvers for few steps")
+    add("--spacing", choices=SPACING_NAMES, default="time",
+        help="sampling grid: uniform in t (default), uniform in logSNR, or Karras et al.'s rho = 7")
     add("--eta", metavar="ETA", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     add("--fps", metavar="FPS", type=float, default=8.0, help="frame rate to condition on and to write (default 8)")
     add("--frames", metavar="N", type=int, help="frames per video (default: the training clip length)")

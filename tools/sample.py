@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from latentvid.evaluation.options import SAMPLER_NAMES  # light: no torch
+    from latentvid.evaluation.options import SAMPLER_NAMES, SPACING_NAMES  # light: no torch
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="sampler steps (default: the model's sample_steps; a distilled student's own count)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES,
                    help="sampler (default: the model's); dpmpp_2m and heun are second-order ODE solvers for few steps")
+    p.add_argument("--spacing", choices=SPACING_NAMES, default="time",
+                   help="sampling grid: uniform in t (default), uniform in logSNR, or Karras et al.'s rho = 7 "
+                        "(text-to-video from --ckpt)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--eta", type=float, help="DDIM eta (default 0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="random seed; caption i uses seed + i")
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
         sys.exit("sample.py: --extend needs --frames, the length to extend the clip to")
     if given and args.grid:
         sys.exit("sample.py: --grid does not work with --image / --extend / --interpolate yet")
+    if args.spacing != "time" and (args.cascade or given):
+        sys.exit("sample.py: --spacing works for text-to-video from --ckpt, not yet with --cascade / --image / "
+                 "--extend / --interpolate")
     if args.cascade:
         if args.grid:
             sys.exit("sample.py: --grid works with --ckpt, not yet with --cascade")
@@ -110,7 +116,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if given:
         return run_frames(args, captions, model, shape)
     paths = write_samples(model, captions, shape, args.out, seed=args.seed, fps=args.fps, steps=args.steps,
-                          sampler=args.sampler, guidance=args.guidance, eta=args.eta, grid=args.grid)
+                          sampler=args.sampler, guidance=args.guidance, eta=args.eta, grid=args.grid,
+                          spacing=args.spacing)
     for path, caption in zip(paths, captions):
         print(f"{path}\t{caption}")
     return paths

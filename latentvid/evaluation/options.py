@@ -14,6 +14,9 @@ METRICS = ("probe", "fvd", "clip", "psnr", "ssim")
 SAMPLER_NAMES = ("ddim", "ancestral", "dpmpp_2m", "heun")
 """The keys of :data:`latentvid.diffusion.samplers.SAMPLERS`, without importing torch (the tools'
 --help stays quick); tests/evaluation/test_options.py keeps the two equal."""
+SPACING_NAMES = ("time", "logsnr", "karras")
+""":data:`latentvid.diffusion.schedule.SPACINGS` likewise: the sampling grids (uniform t, uniform
+logSNR, Karras et al.'s rho = 7)."""
 
 
 def parse_metric_names(text: str) -> list[str]:
@@ -40,6 +43,7 @@ class EvalOptions:
     steps: int | None = None  # None: the model's sample_steps
     guidance: float | None = None  # None: the model's guidance scale
     sampler: str | None = None  # one of SAMPLER_NAMES; None: the model's
+    spacing: str = "time"  # the sampling grid: one of SPACINGS
     eta: float = 0.0
     fps: float = 8.0
     frames: int | None = None  # None: the training clip length

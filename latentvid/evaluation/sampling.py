@@ -46,6 +46,7 @@ def sample_seeded(
     guidance: float | None = None,
     eta: float = 0.0,
     progress: bool = False,
+    spacing: str = "time",
 ) -> torch.Tensor:
     """Videos (B, 3, T, H, W) in [-1, 1] for B ``captions`` in one batched run, video i from seed ``seeds[i]``.
 
@@ -53,7 +54,7 @@ def sample_seeded(
     share. Here each video gets its own generator (starting noise and any fresh sampler noise), which
     makes video i equal to ``model.sample([captions[i]], *shape, generator=Generator().manual_seed(seeds[i]))``
     whatever else is in the batch. ``shape`` is (frames, height, width) in pixels; ``steps``,
-    ``sampler``, ``guidance``: None keeps the model's own.
+    ``sampler``, ``guidance``: None keeps the model's own; ``spacing``: the sampling grid.
 
     The body repeats ``LatentDiffusion.sample`` with one generator per video, since ``sample`` takes
     only one; tests/evaluation/test_sampling.py checks that a batch of one equals it exactly.
@@ -75,7 +76,8 @@ def sample_seeded(
     # each generator's first draw is its video's starting noise, as model.sample draws it for a batch of one
     z = torch.cat([torch.randn(latent, generator=g, device=model.device) for g in generators])  # (B, C, t, h, w)
     denoise = model.guided_denoiser(list(captions), fps, scale)
-    z = model.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generators, progress=progress)
+    z = model.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generators, progress=progress,
+                          spacing=spacing)
     video = fs.decode(z)
     if not math.isfinite(float(video.abs().max())):
         raise FloatingPointError("sampling produced non-finite values")
@@ -95,6 +97,7 @@ def sample_batches(
     guidance: float | None = None,
     eta: float = 0.0,
     save_videos: str | Path | None = None,
+    spacing: str = "time",
 ) -> Iterator[Batch]:
     """Sample ``num_per_prompt`` videos per caption in batches of ``batch_size`` (caption-major
     order); video k uses seed ``seed + k`` whatever the batch size (:func:`sample_seeded`). Yields
@@ -115,7 +118,7 @@ def sample_batches(
         batch_captions = items[start : start + batch_size]
         seeds = [seed + k for k in range(start, start + len(batch_captions))]
         videos = sample_seeded(model, batch_captions, shape, seeds, fps=fps, steps=steps, sampler=sampler,
-                               guidance=guidance, eta=eta)  # (B, 3, T, H, W)
+                               guidance=guidance, eta=eta, spacing=spacing)  # (B, 3, T, H, W)
         names, paths = [], []
         for k, video, caption, video_seed in zip(range(start, start + len(seeds)), videos, batch_captions, seeds):
             name = f"{k:0{width}d}_{slug(caption)}.mp4"
@@ -153,6 +156,7 @@ def write_samples(
     eta: float = 0.0,
     progress: bool = True,
     grid: str | Path | None = None,
+    spacing: str = "time",
 ) -> list[Path]:
     """Sample one video per caption (caption i with seed ``seed + i``) and write it: ``out`` is the
     file for one caption (``.mp4``), else a folder receiving ``NN_<caption>.mp4``. With ``grid``, also
@@ -169,7 +173,7 @@ def write_samples(
     for i, caption in enumerate(captions):
         g = torch.Generator(device=model.device).manual_seed(seed + i)
         video = model.sample([caption], *shape, fps=fps, steps=steps, sampler=sampler, guidance_scale=guidance,
-                             eta=eta, generator=g, progress=progress)  # (1, 3, T, H, W)
+                             eta=eta, generator=g, progress=progress, spacing=spacing)  # (1, 3, T, H, W)
         path = out if single else out / f"{i:02d}_{slug(caption)}.mp4"
         write_video(path, to_uint8(video[0].float().cpu()), fps=fps)
         paths.append(path)

@@ -100,7 +100,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
         report["sample_shape"] = {"frames": shape[0], "height": shape[1], "width": shape[2]}
         metrics = build_metrics(opts, shape[0])
         batches = sample_batches(model, captions, shape, opts.num_per_prompt, opts.batch_size, opts.seed, opts.fps,
-                                 opts.steps, opts.sampler, opts.guidance, opts.eta, opts.save_videos)
+                                 opts.steps, opts.sampler, opts.guidance, opts.eta, opts.save_videos,
+                                 spacing=opts.spacing)
     else:
         items = list_generated(opts.generated)
         if "probe" in names:

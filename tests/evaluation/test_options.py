@@ -34,3 +34,17 @@ def test_sampler_names_are_the_registry_and_both_tools_take_them(load_script):
     for tool, args in ((evaluate, ["--ckpt", "x.ckpt"]), (sample, ["--ckpt", "x.ckpt", "--out", "o"])):
         with pytest.raises(SystemExit):
             tool.parse_args([*args, "--sampler", "euler"])
+
+
+def test_spacing_names_are_the_schedules_and_both_tools_take_them(load_script):
+    from latentvid.diffusion.schedule import SPACINGS
+    from latentvid.evaluation.options import SPACING_NAMES
+
+    assert SPACING_NAMES == SPACINGS
+    evaluate = load_script("tools/evaluate.py", "evaluate_tool_spacing")
+    sample = load_script("tools/sample.py", "sample_tool_spacing")
+    for name in SPACING_NAMES:
+        assert evaluate.parse_args(["--ckpt", "x.ckpt", "--spacing", name]).spacing == name
+        assert sample.parse_args(["--ckpt", "x.ckpt", "--out", "o", "--spacing", name]).spacing == name
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--ckpt", "x.ckpt", "--spacing", "uniform"])

@@ -61,6 +61,17 @@ def test_a_batch_of_one_is_model_sample_exactly(model):
     assert torch.equal(ours[0], by_hand(model, CAPTIONS[0], 3, sampler="ancestral", steps=2))
 
 
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_the_spacing_reaches_the_sampler(model, spacing):
+    """Each grid is model.sample's with that grid, and another video than the default grid's."""
+    ours = sample_seeded(model, CAPTIONS[:1], SHAPE, [5], sampler="dpmpp_2m", steps=3, spacing=spacing)
+    g = torch.Generator().manual_seed(5)
+    ref = model.sample(CAPTIONS[:1], *SHAPE, steps=3, sampler="dpmpp_2m", generator=g, spacing=spacing)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    default = sample_seeded(model, CAPTIONS[:1], SHAPE, [5], sampler="dpmpp_2m", steps=3)
+    assert not torch.allclose(ours, default, atol=1e-4)
+
+
 def test_batches_report_one_seed_per_video(model, tmp_path):
     batches = list(sample_batches(model, CAPTIONS[:2], SHAPE, num_per_prompt=2, batch_size=3, seed=10, steps=1,
                                   save_videos=tmp_path))
