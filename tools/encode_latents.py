@@ -14,8 +14,9 @@ config's ``clip`` (centred start and crop); the folder then holds one latent sha
 trains with ``LatentDataModule(buckets=True)``. ``--frames`` and ``--size`` do not apply there.
 
 ``--vae`` is an ``AutoencoderModule`` checkpoint (``configs/vae.yaml``) or a local diffusers folder
-holding an ``AutoencoderKL`` (per-frame, Stable Diffusion style) or ``AutoencoderKLCogVideoX``
-(its ``config.json`` directly or in a ``vae/`` subfolder). ``--data`` is a folder in the shapes
+holding an ``AutoencoderKL`` (per-frame, Stable Diffusion style), ``AutoencoderKLCogVideoX``,
+``AutoencoderKLWan`` or ``AutoencoderKLLTXVideo`` (its ``config.json`` directly or in a ``vae/``
+subfolder, e.g. a Wan / CogVideoX / LTX-Video pipeline folder). ``--data`` is a folder in the shapes
 layout: JSONL indexes (``videos.jsonl``, ``images.jsonl``, ...) with ``key``, ``path``, ``caption``.
 
 Output (read by :class:`latentvid.data.latents.LatentDataModule`; layout in that module's
@@ -111,7 +112,16 @@ def load_first_stage(source: str) -> Any:
                     from latentvid.nn.diffusers_vae import DiffusersCogVideoXVAE
 
                     return DiffusersCogVideoXVAE(str(path), subfolder=subfolder)
-                raise ValueError(f"{config}: _class_name {name!r} is not AutoencoderKL or AutoencoderKLCogVideoX")
+                if name == "AutoencoderKLWan":
+                    from latentvid.nn.diffusers_vae import DiffusersWanVAE
+
+                    return DiffusersWanVAE(str(path), subfolder=subfolder)
+                if name == "AutoencoderKLLTXVideo":
+                    from latentvid.nn.diffusers_vae import DiffusersLTXVideoVAE
+
+                    return DiffusersLTXVideoVAE(str(path), subfolder=subfolder)
+                raise ValueError(f"{config}: _class_name {name!r} is not AutoencoderKL, AutoencoderKLCogVideoX, "
+                                 "AutoencoderKLWan or AutoencoderKLLTXVideo")
         raise FileNotFoundError(f"--vae {path}: a folder without config.json (nor vae/config.json)")
     raise FileNotFoundError(
         f"--vae {path} does not exist: give an AutoencoderModule checkpoint (train one with "

@@ -494,3 +494,21 @@ def test_ltx_sample_runs_every_sampler(tiny_video):
         video = model.sample([PROMPT], num_frames=9, height=16, width=16, steps=3, sampler=sampler,
                              generator=torch.Generator().manual_seed(0))
         assert video.shape == (1, 3, 9, 16, 16) and torch.isfinite(video).all(), sampler
+
+
+@pytest.mark.parametrize("kind", ["wan", "cogvideox", "ltx"])
+def test_bf16_base_with_float32_adapters(tiny_video, kind):
+    folder = tiny_video(kind)
+    cls = {"wan": WanTransformer, "cogvideox": CogVideoXTransformer, "ltx": LTXVideoTransformer}[kind]
+    net = cls(str(folder), dtype="bfloat16", lora_rank=2).eval()
+    lora = {n: p for n, p in net.named_parameters() if ".lora_" in n}
+    assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora.values())
+    base = {n: p for n, p in net.named_parameters() if ".lora_" not in n}
+    assert all(not p.requires_grad for p in base.values())
+    assert sum(p.dtype == torch.bfloat16 for p in base.values()) > len(base) // 2  # (diffusers keeps some in fp32)
+    x, logsnr, context = model_inputs(kind, net)
+    with torch.no_grad():
+        got = net(x, logsnr, context)
+        want = cls(str(folder)).eval()(x, logsnr, context)
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max() < 0.05 * want.abs().max()  # bf16 rounding only (the adapters start at zero)
