@@ -46,9 +46,10 @@ def t5_encoder(kind: str, vocab_size: int):
     return transformers.T5EncoderModel(transformers.T5Config(**cfg)).eval()
 
 
-def build_tiny_wan(root: Path, seed: int = 0, shift: float = 3.0) -> Path:
+def build_tiny_wan(root: Path, seed: int = 0, shift: float = 3.0, two_experts: bool = False) -> Path:
     """A tiny random Wan 2.1 T2V folder: WanTransformer3DModel (2 blocks, 2 heads x 8), AutoencoderKLWan
-    (temporal factor 4, spatial factor 4, 4 latent channels), UMT5 encoder, FlowMatchEulerDiscreteScheduler."""
+    (temporal factor 4, spatial factor 4, 4 latent channels), UMT5 encoder, FlowMatchEulerDiscreteScheduler.
+    ``two_experts``: Wan 2.2 A14B's layout, a second (low-noise) transformer_2 and boundary_ratio 0.6."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import AutoTokenizer
 
@@ -62,9 +63,12 @@ def build_tiny_wan(root: Path, seed: int = 0, shift: float = 3.0) -> Path:
         vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
                                latents_std=[1.5, 0.8, 1.2, 2.0], scale_factor_temporal=4, scale_factor_spatial=4)
+        experts = {}
+        if two_experts:
+            experts = dict(transformer_2=WanTransformer3DModel(**transformer.config).eval(), boundary_ratio=0.6)
         pipe = WanPipeline(tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)), text_encoder=t5_encoder("umt5", vocab),
                            transformer=transformer.eval(), vae=vae.eval(),
-                           scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), **experts)
         pipe.save_pretrained(str(root))
     return root
 
@@ -135,5 +139,6 @@ def build_tiny_ltx(root: Path, seed: int = 0) -> Path:
     return root
 
 
-BUILDERS = {"wan": build_tiny_wan, "ltx": build_tiny_ltx, "cogvideox": build_tiny_cogvideox,
+BUILDERS = {"wan": build_tiny_wan, "ltx": build_tiny_ltx,
+            "wan22": lambda root, seed=0: build_tiny_wan(root, seed, two_experts=True), "cogvideox": build_tiny_cogvideox,
             "cogvideox-rope": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True)}

@@ -177,14 +177,10 @@ class PretrainedVideoTransformer(nn.Module):
         root = Path(pretrained).expanduser()
         folder = root / subfolder if subfolder else root
         self.config = read_model_config(folder, self.diffusers_class)
-        import diffusers  # lazy: slow to import
-
-        cls = getattr(diffusers, self.diffusers_class)
-        try:
-            self.transformer = cls.from_pretrained(str(folder), local_files_only=True, variant=variant,
-                                                   torch_dtype=DTYPES[dtype])
-        except (OSError, ValueError, RuntimeError) as err:
-            raise ValueError(f"could not load {self.diffusers_class} from {folder}: {err}") from err
+        self.transformer = self._load(folder, variant, dtype)
+        # a second expert (Wan 2.2 A14B's low-noise transformer_2): a subclass names its subfolder
+        expert_2 = getattr(self, "_expert_2_subfolder", None)
+        self.transformer_2 = self._load(root / expert_2, variant, dtype) if expert_2 else None
         self.pretrained = str(root)
         self.lora_rank = lora_rank
         if lora_rank is not None:
@@ -192,9 +188,34 @@ class PretrainedVideoTransformer(nn.Module):
         elif lora_weights is not None:
             self.load_lora(lora_weights)
         if gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
+            for model in self.experts().values():
+                model.enable_gradient_checkpointing()
         self.fps_embed = None  # latentvid's denoiser attributes: no fps embedding, no extra scalars
         self.num_extra_conditions = 0
+
+    def _load(self, folder: Path, variant: str | None, dtype: str) -> nn.Module:
+        """The diffusers model of ``folder`` (its config's class checked), weights in ``dtype``."""
+        read_model_config(folder, self.diffusers_class)  # a clear error for a missing folder / wrong class
+        import diffusers  # lazy: slow to import
+
+        cls = getattr(diffusers, self.diffusers_class)
+        try:
+            return cls.from_pretrained(str(folder), local_files_only=True, variant=variant, torch_dtype=DTYPES[dtype])
+        except (OSError, ValueError, RuntimeError) as err:
+            raise ValueError(f"could not load {self.diffusers_class} from {folder}: {err}") from err
+
+    def experts(self) -> dict[str, nn.Module]:
+        """The diffusers models by pipeline component name: ``transformer`` (and ``transformer_2``)."""
+        out = {"transformer": self.transformer}
+        if self.transformer_2 is not None:
+            out["transformer_2"] = self.transformer_2
+        return out
+
+    @staticmethod
+    def lora_file(path: Path, component: str) -> Path:
+        """Where :meth:`save_lora` puts a component's adapters: ``path`` itself for ``transformer``,
+        ``<stem>_transformer_2.safetensors`` beside it for the second expert."""
+        return path if component == "transformer" else path.with_name(f"{path.stem}_{component}{path.suffix}")
 
     # ---- LoRA ----------------------------------------------------------------------------------
     @property
@@ -210,37 +231,40 @@ class PretrainedVideoTransformer(nn.Module):
         if missing:
             raise ValueError(f"lora_target_modules {missing} name no module of {self.diffusers_class} "
                              f"(e.g. {names[1:8]} ...)")
-        config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank), target_modules=targets,
-                            lora_dropout=dropout, init_lora_weights=True)
-        self.transformer.add_adapter(config)
+        for model in self.experts().values():
+            config = LoraConfig(r=rank, lora_alpha=float(alpha if alpha is not None else rank),
+                                target_modules=targets, lora_dropout=dropout, init_lora_weights=True)
+            model.add_adapter(config)
         self._freeze_base()
 
     def _freeze_base(self) -> None:
         """Only the adapters train; they are held in float32 whatever the base dtype."""
-        for name, p in self.transformer.named_parameters():
+        for name, p in self.named_parameters():
             is_lora = "lora_" in name
             p.requires_grad_(is_lora)
             if is_lora and p.dtype != torch.float32:
                 p.data = p.data.float()
 
-    def lora_state_dict(self) -> dict[str, Tensor]:
-        """The adapters' weights in diffusers' layout, without the ``transformer.`` prefix (detached, CPU)."""
+    def lora_state_dict(self, component: str = "transformer") -> dict[str, Tensor]:
+        """A component's adapter weights in diffusers' layout, without the ``transformer.`` prefix (detached, CPU)."""
         if not self.has_lora:
             raise ValueError(f"{type(self).__name__} has no LoRA adapters (set lora_rank)")
         from peft.utils import get_peft_model_state_dict
 
-        state = get_peft_model_state_dict(self.transformer, adapter_name="default")
+        state = get_peft_model_state_dict(self.experts()[component], adapter_name="default")
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
-    def lora_metadata(self) -> dict[str, Any]:
+    def lora_metadata(self, component: str = "transformer") -> dict[str, Any]:
         """The adapter's peft config (rank, alpha, targets, dropout) as diffusers stores it beside the weights."""
-        cfg = self.transformer.peft_config["default"].to_dict()
+        cfg = self.experts()[component].peft_config["default"].to_dict()
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
 
     def save_lora(self, path: str | Path) -> Path:
         """Write the adapters to ``path`` (a ``.safetensors`` file) in the layout the diffusers pipeline of
         this model loads with ``pipe.load_lora_weights(folder, weight_name=name)`` (keys
-        ``transformer.<module>.lora_A.weight`` / ``lora_B.weight``, rank and alpha in the metadata)."""
+        ``transformer.<module>.lora_A.weight`` / ``lora_B.weight``, rank and alpha in the metadata).
+        A second expert's adapters go to :meth:`lora_file` (``<stem>_transformer_2.safetensors``), which
+        WanPipeline loads with ``load_lora_weights(..., load_into_transformer_2=True)``. Returns ``path``."""
         path = Path(path)
         if path.suffix != ".safetensors":
             raise ValueError(f"LoRA file must end in .safetensors, got {path}")
@@ -248,31 +272,37 @@ class PretrainedVideoTransformer(nn.Module):
         import diffusers
 
         loader = getattr(diffusers.loaders.lora_pipeline, self.lora_loader)
-        loader.save_lora_weights(str(path.parent), transformer_lora_layers=self.lora_state_dict(),
-                                 weight_name=path.name, safe_serialization=True,
-                                 transformer_lora_adapter_metadata=self.lora_metadata())
+        for component in self.experts():
+            file = self.lora_file(path, component)
+            loader.save_lora_weights(str(file.parent), transformer_lora_layers=self.lora_state_dict(component),
+                                     weight_name=file.name, safe_serialization=True,
+                                     transformer_lora_adapter_metadata=self.lora_metadata(component))
         return path
 
     def load_lora(self, path: str | Path) -> None:
         """Load adapters from a diffusers-layout LoRA file (:meth:`save_lora`, or one trained elsewhere for
-        this model) as this model's adapters; the base is frozen and the adapters train."""
+        this model; a second expert's from :meth:`lora_file`) as this model's adapters; the base is frozen
+        and the adapters train."""
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"lora_weights: no LoRA file at {path}")
         if self.has_lora:
             raise ValueError("this model already has LoRA adapters")
         import diffusers
 
         loader = getattr(diffusers.loaders.lora_pipeline, self.lora_loader)
-        try:
-            # the pipeline loader's reading: the metadata holds alpha (and converts other trainers' layouts)
-            state, metadata = loader.lora_state_dict(str(path.parent), weight_name=path.name,
-                                                     return_lora_metadata=True)
-            self.transformer.load_lora_adapter(state, prefix="transformer", metadata=metadata, adapter_name="default")
-        except (ValueError, KeyError, RuntimeError, OSError) as err:
-            raise ValueError(f"lora_weights {path} does not fit {self.diffusers_class}: {err}") from err
-        if not self.has_lora:
-            raise ValueError(f"lora_weights {path} holds no transformer.* LoRA weights")
+        for component, model in self.experts().items():
+            file = self.lora_file(path, component)
+            if not file.is_file():
+                raise FileNotFoundError(f"lora_weights: no LoRA file at {file}" + (
+                    "" if component == "transformer" else f" (the {component} expert's adapters)"))
+            try:
+                # the pipeline loader's reading: the metadata holds alpha (and converts other trainers' layouts)
+                state, metadata = loader.lora_state_dict(str(file.parent), weight_name=file.name,
+                                                         return_lora_metadata=True)
+                model.load_lora_adapter(state, prefix="transformer", metadata=metadata, adapter_name="default")
+            except (ValueError, KeyError, RuntimeError, OSError) as err:
+                raise ValueError(f"lora_weights {file} does not fit {self.diffusers_class}: {err}") from err
+            if not getattr(model, "peft_config", None):
+                raise ValueError(f"lora_weights {file} holds no transformer.* LoRA weights")
         self.lora_rank = int(self.transformer.peft_config["default"].r)
         self._freeze_base()
 
@@ -369,11 +399,45 @@ class WanTransformer(PretrainedVideoTransformer):
     tokens attended, as WanPipeline gives them (masked tokens are zeroed here, so any mask works).
     Pair with ``RectifiedFlowSchedule`` (its ``shift`` is Wan's: 3 for 480p, 5 for 720p sampling).
 
-    Args: see :class:`PretrainedVideoTransformer`.
+    Wan 2.2 A14B has two experts: ``transformer_2_subfolder: transformer_2`` loads the low-noise one, and
+    each sample goes to the high-noise ``transformer`` when its timestep is >= ``boundary_ratio`` x 1000
+    (from model_index.json when None), to ``transformer_2`` below, as in WanPipeline. Training then
+    trains both, each on its own noise levels (LoRA: one adapter file per expert, :meth:`lora_file`).
+
+    Args:
+        transformer_2_subfolder: the second (low-noise) expert's subfolder; None for one transformer.
+        boundary_ratio: where the experts switch, as a fraction of the 1000 timesteps.
+        Other args: see :class:`PretrainedVideoTransformer`.
     """
 
     diffusers_class = "WanTransformer3DModel"
     lora_loader = "WanLoraLoaderMixin"
+
+    def __init__(self, pretrained: str, *args: Any, transformer_2_subfolder: str | None = None,
+                 boundary_ratio: float | None = None, **kwargs: Any) -> None:
+        self._expert_2_subfolder = transformer_2_subfolder  # read by the base class while loading
+        super().__init__(pretrained, *args, **kwargs)
+        if self.transformer_2 is None:
+            if boundary_ratio is not None:
+                raise ValueError("boundary_ratio is for a two-expert model: set transformer_2_subfolder too")
+            self.boundary_ratio = None
+            return
+        if boundary_ratio is None:  # Wan 2.2 A14B's model_index.json says where the experts switch
+            index = Path(pretrained).expanduser() / "model_index.json"
+            try:
+                boundary_ratio = json.loads(index.read_text(encoding="utf-8")).get("boundary_ratio")
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"{index}: cannot read boundary_ratio ({err}); set boundary_ratio") from err
+            if boundary_ratio is None:
+                raise ValueError(f"{index} has no boundary_ratio: set boundary_ratio for the two experts")
+        if not 0.0 < float(boundary_ratio) < 1.0:
+            raise ValueError(f"boundary_ratio must lie in (0, 1), got {boundary_ratio}")
+        self.boundary_ratio = float(boundary_ratio)
+        own = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        other = {k: v for k, v in self.transformer_2.config.items() if not k.startswith("_") and k in own}
+        if {k: own[k] for k in other} != other:
+            raise ValueError(f"{Path(pretrained) / transformer_2_subfolder / 'config.json'} differs from the first "
+                             f"expert's config: {sorted(k for k in other if other[k] != own[k])}")
 
     @property
     def context_dim(self) -> int:
@@ -394,8 +458,17 @@ class WanTransformer(PretrainedVideoTransformer):
                 fps: Tensor | None = None) -> Tensor:
         if context_mask is not None:  # Wan's padding convention: zero vectors, attended
             context = context * context_mask[..., None].to(context.dtype)
-        return self.transformer(hidden_states=x, timestep=timestep.to(torch.float32), encoder_hidden_states=context,
-                                return_dict=False)[0]
+        t = timestep.to(torch.float32)
+        if self.transformer_2 is None:
+            return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
+        # Wan 2.2: the high-noise expert at timesteps >= boundary * 1000 (WanPipeline's rule), the other below
+        high = timestep >= self.boundary_ratio * 1000
+        out = torch.empty_like(x)
+        for model, rows in ((self.transformer, high), (self.transformer_2, ~high)):
+            if bool(rows.any()):
+                out[rows] = model(hidden_states=x[rows], timestep=t[rows], encoder_hidden_states=context[rows],
+                                  return_dict=False)[0].to(out.dtype)
+        return out
 
 
 class CogVideoXTransformer(PretrainedVideoTransformer):

@@ -512,3 +512,75 @@ def test_bf16_base_with_float32_adapters(tiny_video, kind):
         want = cls(str(folder)).eval()(x, logsnr, context)
     assert got.dtype == torch.float32
     assert (got - want).abs().max() < 0.05 * want.abs().max()  # bf16 rounding only (the adapters start at zero)
+
+
+# ---- Wan 2.2 A14B: two experts --------------------------------------------------------------------
+def test_wan22_routes_each_sample_to_its_expert(tiny_video):
+    from diffusers import WanTransformer3DModel
+
+    folder = tiny_video("wan22")
+    net = WanTransformer(str(folder), transformer_2_subfolder="transformer_2").eval()
+    assert net.boundary_ratio == 0.6  # from model_index.json
+    high = WanTransformer3DModel.from_pretrained(str(folder / "transformer")).eval()
+    low = WanTransformer3DModel.from_pretrained(str(folder / "transformer_2")).eval()
+    x, context, _ = wan_inputs()
+    sigma = torch.tensor([0.3, 0.9], dtype=torch.float64)  # timesteps 300 (low noise) and 900 (high)
+    with torch.no_grad():
+        got = net(x, logsnr_from_flow_sigma(sigma), context)
+        for i, ref in ((0, low), (1, high)):
+            want = ref(x[i:i + 1], timestep=(1000 * sigma[i:i + 1]).float(), encoder_hidden_states=context[i:i + 1],
+                       return_dict=False)[0]
+            torch.testing.assert_close(got[i:i + 1], want, rtol=0, atol=1e-5)
+        other = high(x[:1], timestep=(1000 * sigma[:1]).float(), encoder_hidden_states=context[:1], return_dict=False)[0]
+    assert (got[:1] - other).abs().max() > 1e-4  # the experts differ
+
+
+def test_wan22_sampled_video_equals_wan_pipeline(tiny_video):
+    from diffusers import WanPipeline
+
+    folder = tiny_video("wan22")
+    model = LatentDiffusion(
+        unet=WanTransformer(str(folder), transformer_2_subfolder="transformer_2"),
+        text_encoder=T5TextEncoder(str(folder), max_length=512, clean=True), first_stage=DiffusersWanVAE(str(folder)),
+        schedule=RectifiedFlowSchedule(shift=3.0), target="flow").eval()
+    pipe = WanPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    want = pipe(PROMPT, height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=4.0,
+                latents=latents.clone(), output_type="latent").frames
+    grid = flow_match_logsnrs(4, shift=3.0)
+    assert (flow_sigma(grid[:-1]) >= 0.6).sum() == 3  # both experts take steps (3 high-noise, 1 low-noise)
+    z = run_sampler("ddim", model.guided_denoiser([PROMPT], 16.0, 4.0), latents, grid,
+                    alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(z, want, rtol=0, atol=1e-4)
+
+
+def test_wan22_lora_files_load_into_both_experts(tiny_video, tmp_path):
+    from diffusers import WanPipeline
+
+    folder = tiny_video("wan22")
+    net = WanTransformer(str(folder), transformer_2_subfolder="transformer_2", lora_rank=2, lora_alpha=4).eval()
+    g = torch.Generator().manual_seed(1)
+    for name, p in net.named_parameters():
+        if "lora_B" in name:  # as if trained
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+    file = net.save_lora(tmp_path / "wan22.safetensors")
+    second = net.lora_file(file, "transformer_2")
+    assert second.name == "wan22_transformer_2.safetensors" and second.is_file()
+    pipe = WanPipeline.from_pretrained(str(folder))
+    pipe.load_lora_weights(str(tmp_path), weight_name=file.name)
+    pipe.load_lora_weights(str(tmp_path), weight_name=second.name, load_into_transformer_2=True)
+    x, context, _ = wan_inputs()
+    sigma = torch.tensor([0.3, 0.9], dtype=torch.float64)
+    with torch.no_grad():
+        ours = net(x, logsnr_from_flow_sigma(sigma), context)
+        for i, ref in ((0, pipe.transformer_2), (1, pipe.transformer)):
+            want = ref(x[i:i + 1], timestep=(1000 * sigma[i:i + 1]).float(), encoder_hidden_states=context[i:i + 1],
+                       return_dict=False)[0]
+            torch.testing.assert_close(ours[i:i + 1], want, rtol=0, atol=1e-5)
+        back = WanTransformer(str(folder), transformer_2_subfolder="transformer_2", lora_weights=str(file))
+        torch.testing.assert_close(back(x, logsnr_from_flow_sigma(sigma), context), ours, rtol=0, atol=1e-5)
+    assert set(net.frozen_state_keys()) == {k for k in net.state_dict() if ".lora_" not in k}
+    assert any(k.startswith("transformer_2.") for k in net.frozen_state_keys())
+    with pytest.raises(ValueError, match="boundary_ratio is for a two-expert model"):
+        WanTransformer(str(folder), boundary_ratio=0.5)
