@@ -20,8 +20,8 @@ class SaveLoRA(Callback):
         every_n_train_steps: also write ``step=<N>.safetensors`` every N optimiser steps; None: only
             ``last.safetensors``, rewritten at every checkpoint save and at the end of training.
 
-    Under FSDP the adapters are sharded: export from the saved checkpoint instead
-    (``tools/export_lora.py``).
+    Under FSDP the adapters are sharded and this callback refuses to start: export from the saved
+    checkpoint instead (``tools/export_lora.py``).
     """
 
     def __init__(self, dirpath: str | None = None, every_n_train_steps: int | None = None) -> None:
@@ -34,6 +34,9 @@ class SaveLoRA(Callback):
         unet = getattr(pl_module, "unet", None)
         if not getattr(unet, "has_lora", False):
             raise ValueError(f"SaveLoRA needs a denoiser with LoRA adapters (lora_rank set), got {type(unet).__name__}")
+        if "FSDP" in type(trainer.strategy).__name__:
+            raise ValueError("SaveLoRA cannot read FSDP-sharded adapters: leave it out of trainer.callbacks and export "
+                             "them from a checkpoint (state_dict_type: full) with tools/export_lora.py")
 
     def folder(self, trainer: Trainer) -> Path:
         if self.dirpath is not None:
