@@ -215,17 +215,17 @@ def main(argv: list[str] | None = None) -> dict:
         i2v, _ = load_model(args.i2v, args.device)
         methods.append(("trained", i2v, "trained", 1.0))
     rows = []
+    result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "held_out": [list(c) for c in HELD_OUT], "rows": rows}
     for name, model, method, weight in methods:
         opts = FrameOptions(method=method, weight=weight, steps=args.steps, sampler=args.sampler,
                             guidance=args.guidance)
         rows.append(run_method(name, model, opts, tasks, captions, clips, args))
         print(f"[{name}] done: " + ", ".join(f"{t} {rows[-1][t]['seconds']:.0f} s" for t in tasks), flush=True)
+        if args.out:  # after every method: a long run stopped early keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))
     print(table(rows))
-    result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "held_out": [list(c) for c in HELD_OUT], "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
     return result
 
 
