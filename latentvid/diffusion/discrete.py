@@ -16,17 +16,19 @@ Computed in float64.
 The scheduler config also says what the network predicts (``prediction_type``: ``epsilon`` /
 ``v_prediction`` / ``sample``); it is kept here as ``prediction_type`` (``"eps"`` / ``"v"`` /
 ``"x0"``) so that :class:`latentvid.models.latent_diffusion.LatentDiffusion` can take its target
-from the schedule.
+from the schedule. Keys missing from a file take diffusers' scheduler defaults (Stable Diffusion
+1.x files have no ``prediction_type``: epsilon). Sampler-only settings of the file
+(``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``, ``clip_sample``, ...) are ignored:
+latentvid's samplers take any grid.
 
 CogVideoX's ``CogVideoXDDIMScheduler`` adds two settings, both read from its file: ``snr_shift_scale``
 s divides every SNR by s (alpha_bar -> alpha_bar / (s + (1 - s) alpha_bar)), and
 ``rescale_betas_zero_snr`` shifts and scales sqrt(alpha_bar) so that the last training timestep has
 zero SNR (Lin et al., 2024), logSNR = -inf there (t = 1). On that last segment logSNR cannot be
 interpolated linearly, so there alpha = sqrt(alpha_bar) is: alpha falls linearly from its value at
-timestep N-2 to 0 at N-1, and :meth:`DiscreteSchedule.timestep` inverts the same map. Keys missing from a file take diffusers' scheduler defaults (Stable Diffusion
-1.x files have no ``prediction_type``: epsilon). Sampler-only settings of the file
-(``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``, ``clip_sample``, ...) are ignored:
-latentvid's samplers take any grid.
+timestep N-2 to 0 at N-1, and :meth:`DiscreteSchedule.timestep` inverts the same map. The "time"
+sampling grid then starts at zero SNR, as diffusers' trailing DDIM does; the "logsnr" and "karras"
+grids start at the last finite logSNR.
 """
 
 from __future__ import annotations

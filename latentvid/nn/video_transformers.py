@@ -26,8 +26,12 @@ backward; ``dtype: bfloat16`` holds the weights in bf16; :func:`fsdp_wrap_policy
 transformer block in its own FSDP unit.
 
 Inputs the pretrained models have no use for: ``fps`` is ignored by Wan and CogVideoX (LTX-Video
-scales its RoPE by the frame rate, so it gets the clip's); a ``frame_mask`` with padded frames is refused (their attention sees every frame,
-so padding would change the valid frames' predictions: train on full clips, ``image_ratio: 0``).
+scales its RoPE by the frame rate, so it gets the clip's); a ``frame_mask`` with padded frames is
+refused (their attention sees every frame, so padding would change the valid frames' predictions:
+train on full clips, ``image_ratio: 0``).
+
+Wan 2.2 T2V-A14B's two experts (``transformer`` for high noise, ``transformer_2`` for low noise) are
+one :class:`WanTransformer` that routes each sample by its timestep, as WanPipeline does.
 """
 
 from __future__ import annotations
