@@ -46,10 +46,12 @@ def t5_encoder(kind: str, vocab_size: int):
     return transformers.T5EncoderModel(transformers.T5Config(**cfg)).eval()
 
 
-def build_tiny_wan(root: Path, seed: int = 0, shift: float = 3.0, two_experts: bool = False) -> Path:
+def build_tiny_wan(root: Path, seed: int = 0, shift: float = 3.0, two_experts: bool = False, ti2v: bool = False) -> Path:
     """A tiny random Wan 2.1 T2V folder: WanTransformer3DModel (2 blocks, 2 heads x 8), AutoencoderKLWan
     (temporal factor 4, spatial factor 4, 4 latent channels), UMT5 encoder, FlowMatchEulerDiscreteScheduler.
-    ``two_experts``: Wan 2.2 A14B's layout, a second (low-noise) transformer_2 and boundary_ratio 0.6."""
+    ``two_experts``: Wan 2.2 A14B's layout, a second (low-noise) transformer_2 and boundary_ratio 0.6.
+    ``ti2v``: Wan 2.2 TI2V-5B's layout, a residual VAE over 2 x 2 pixel patches (temporal factor 2 here,
+    spatial factor 8) and per-token timesteps in the pipeline (``expand_timesteps``)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import AutoTokenizer
 
@@ -60,10 +62,16 @@ def build_tiny_wan(root: Path, seed: int = 0, shift: float = 3.0, two_experts: b
         transformer = WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
             text_dim=TEXT_DIM, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
-        vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1,
-                               temperal_downsample=[True, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
-                               latents_std=[1.5, 0.8, 1.2, 2.0], scale_factor_temporal=4, scale_factor_spatial=4)
-        experts = {}
+        stats = dict(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 2.0])
+        if ti2v:
+            vae = AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1,
+                                   temperal_downsample=[False, True], is_residual=True, patch_size=2, in_channels=12,
+                                   out_channels=12, scale_factor_temporal=2, scale_factor_spatial=8, **stats)
+        else:
+            vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1], num_res_blocks=1,
+                                   temperal_downsample=[True, True], scale_factor_temporal=4, scale_factor_spatial=4,
+                                   **stats)
+        experts = {"expand_timesteps": True} if ti2v else {}
         if two_experts:
             experts = dict(transformer_2=WanTransformer3DModel(**transformer.config).eval(), boundary_ratio=0.6)
         pipe = WanPipeline(tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)), text_encoder=t5_encoder("umt5", vocab),
@@ -140,5 +148,6 @@ def build_tiny_ltx(root: Path, seed: int = 0) -> Path:
 
 
 BUILDERS = {"wan": build_tiny_wan, "ltx": build_tiny_ltx,
-            "wan22": lambda root, seed=0: build_tiny_wan(root, seed, two_experts=True), "cogvideox": build_tiny_cogvideox,
+            "wan22": lambda root, seed=0: build_tiny_wan(root, seed, two_experts=True),
+            "wan22-5b": lambda root, seed=0: build_tiny_wan(root, seed, ti2v=True), "cogvideox": build_tiny_cogvideox,
             "cogvideox-rope": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True)}

@@ -68,7 +68,7 @@ class _FrozenDiffusersVAE(FirstStage):
         return self
 
     def _check_video(self, video: torch.Tensor) -> None:
-        channels = int(self.vae.config.in_channels)
+        channels = int(getattr(self, "video_channels", None) or self.vae.config.in_channels)
         if video.ndim != 5 or video.shape[1] != channels:
             raise ValueError(f"expected video (B, {channels}, T, H, W), got shape {tuple(video.shape)}")
         self.latent_frames(video.shape[2])  # raises on a frame count the model cannot take
@@ -275,7 +275,7 @@ class DiffusersWanVAE(_ChannelNormalisedVAE):
     Video (B, 3, T, H, W), T = 1 + tf * k <-> latents (B, z_dim, 1 + k, H / sf, W / sf) normalised per
     channel with the config's ``latents_mean`` / ``latents_std`` as WanPipeline does; ``temporal_factor``
     and ``spatial_factor`` are the config's ``scale_factor_temporal`` / ``scale_factor_spatial``
-    (Wan 2.1: 4 and 8, 16 channels; Wan 2.2 TI2V-5B: 4 and 16, 48 channels).
+    (Wan 2.1: 4 and 8, 16 channels; Wan 2.2 TI2V-5B: 4 and 16, 48 channels, 2 x 2 pixel patches).
 
     Args:
         path: local diffusers folder (a Wan pipeline folder with a ``vae`` subfolder, or the VAE folder
@@ -293,6 +293,8 @@ class DiffusersWanVAE(_ChannelNormalisedVAE):
         vae = AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True)
         cfg = vae.config
         self._setup(vae, folder, int(cfg.z_dim), int(cfg.scale_factor_temporal), int(cfg.scale_factor_spatial), 1.0)
+        # Wan 2.2's VAE folds 2 x 2 pixel patches into its input channels (in_channels 12 for RGB)
+        self.video_channels = int(cfg.in_channels) // int(cfg.patch_size or 1) ** 2
         if tiling:
             self.vae.enable_tiling()
 

@@ -102,19 +102,20 @@ def wan_model(folder: Path, lr: float = 1e-4, **unet) -> LatentDiffusion:
         target="flow", guidance_scale=5.0, sample_steps=4, lr=lr, warmup_steps=0).eval()
 
 
-@pytest.mark.parametrize("guidance", [1.0, 5.0])
-def test_wan_sampled_video_equals_wan_pipeline(tiny_video, guidance):
+@pytest.mark.parametrize("kind, guidance", [("wan", 1.0), ("wan", 5.0), ("wan22-5b", 5.0)])
+def test_wan_sampled_video_equals_wan_pipeline(tiny_video, kind, guidance):
+    """Wan 2.1, and Wan 2.2 TI2V-5B's layout (patched residual VAE, per-token timesteps in the pipeline)."""
     from diffusers import WanPipeline
 
-    folder = tiny_video("wan")
+    folder = tiny_video(kind)
     model = wan_model(folder)
     pipe = WanPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
-    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))  # 9 frames of 16 x 16
-    want_latents = pipe(PROMPT, height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
-                        latents=latents.clone(), output_type="latent").frames
-    want_video = pipe(PROMPT, height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
-                      latents=latents.clone(), output_type="pt").frames  # (B, T, 3, H, W) in [0, 1]
+    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    frames, size = (9, 16) if kind == "wan" else (5, 32)  # both 3 x 4 x 4 latents
+    kwargs = dict(height=size, width=size, num_frames=frames, num_inference_steps=4, guidance_scale=guidance)
+    want_latents = pipe(PROMPT, latents=latents.clone(), output_type="latent", **kwargs).frames
+    want_video = pipe(PROMPT, latents=latents.clone(), output_type="pt", **kwargs).frames  # (B, T, 3, H, W) in [0, 1]
 
     denoise = model.guided_denoiser([PROMPT], fps=16.0, guidance_scale=guidance)
     z = run_sampler("ddim", denoise, latents, flow_match_logsnrs(4, shift=3.0), alpha_sigma=model.schedule.alpha_sigma)

@@ -14,14 +14,16 @@ from latentvid.nn.diffusers_vae import DiffusersWanVAE
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_wan_vae_normalises_per_channel_like_wan_pipeline(tiny_video):
+@pytest.mark.parametrize("kind, factors, frames, size", [("wan", (4, 4, 4), 9, 16), ("wan22-5b", (4, 2, 8), 5, 32)])
+def test_wan_vae_normalises_per_channel_like_wan_pipeline(tiny_video, kind, factors, frames, size):
+    """Wan 2.1's VAE, and Wan 2.2's (residual, over 2 x 2 pixel patches: 12 input channels for RGB)."""
     from diffusers import AutoencoderKLWan
 
-    folder = tiny_video("wan")
+    folder = tiny_video(kind)
     ours = DiffusersWanVAE(str(folder))
     ref = AutoencoderKLWan.from_pretrained(str(folder / "vae")).eval()
-    assert (ours.latent_channels, ours.temporal_factor, ours.spatial_factor) == (4, 4, 4)
-    video = torch.rand(1, 3, 9, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert (ours.latent_channels, ours.temporal_factor, ours.spatial_factor) == factors
+    video = torch.rand(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     z = ours.encode(video)
     assert z.shape == (1, 4, 3, 4, 4)
     mean = torch.tensor(ref.config.latents_mean).view(1, -1, 1, 1, 1)
@@ -32,7 +34,7 @@ def test_wan_vae_normalises_per_channel_like_wan_pipeline(tiny_video):
         # WanPipeline's decode: latents / (1 / std) + mean
         want = ref.decode(z / (1.0 / std) + mean).sample
     torch.testing.assert_close(ours.decode(z), want, rtol=0, atol=1e-5)
-    assert ours.latent_frames(17) == 5
+    assert ours.latent_frames(17) == 1 + 16 // factors[1]
     assert not any("latents_" in k for k in ours.state_dict())  # from the config, not the checkpoint
 
 
