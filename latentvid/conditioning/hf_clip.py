@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from latentvid.conditioning.caption_cache import CaptionCache
+from latentvid.conditioning.frozen import FrozenTower
 
 LAYERS = ("last", "penultimate")
 
@@ -56,7 +56,7 @@ def _folder(path: str, subfolder: str | None, marker: str, what: str) -> Path:
     return folder
 
 
-class HFCLIPTextEncoder(nn.Module):
+class HFCLIPTextEncoder(FrozenTower):
     """Frozen transformers ``CLIPTextModel`` + ``CLIPTokenizer`` from a Stable Diffusion folder.
 
     ``forward(captions)`` returns ``context (B, L, D)`` and ``context_mask (B, L)`` like
@@ -119,18 +119,6 @@ class HFCLIPTextEncoder(nn.Module):
     def output_dim(self) -> int:
         """Embedding width D of the per-token features."""
         return int(self.model.config.hidden_size)
-
-    def train(self, mode: bool = True) -> HFCLIPTextEncoder:
-        """Stay in eval mode whatever the parent asks: the tower is a frozen feature extractor."""
-        return super().train(False)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> HFCLIPTextEncoder:
-        self._cache.clear()  # cached embeddings would be on the old device / dtype
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._cache.clear()
-        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"path={self.path!r}, layer={self.layer!r}, max_length={self.max_length}, "

@@ -28,12 +28,12 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from latentvid.conditioning.caption_cache import CaptionCache
+from latentvid.conditioning.frozen import FrozenTower
 
 MODEL_TYPES = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}
 """config.json ``model_type`` -> the transformers encoder class that loads it."""
@@ -77,7 +77,7 @@ def read_encoder_class(folder: Path) -> str:
     return MODEL_TYPES[model_type]
 
 
-class T5TextEncoder(nn.Module):
+class T5TextEncoder(FrozenTower):
     """Frozen transformers ``T5EncoderModel`` / ``UMT5EncoderModel`` + tokenizer from a pipeline folder.
 
     ``forward(captions)`` returns ``context (B, L, D)`` and ``context_mask (B, L)`` bool, L = ``max_length``;
@@ -142,18 +142,6 @@ class T5TextEncoder(nn.Module):
     def output_dim(self) -> int:
         """Embedding width D of the per-token features."""
         return int(self.model.config.d_model)
-
-    def train(self, mode: bool = True) -> T5TextEncoder:
-        """Stay in eval mode whatever the parent asks: the tower is a frozen feature extractor."""
-        return super().train(False)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> T5TextEncoder:
-        self._cache.clear()  # cached embeddings would be on the old device / dtype
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._cache.clear()
-        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"path={self.path!r}, max_length={self.max_length}, use_attention_mask={self.use_attention_mask}, "
