@@ -14,12 +14,7 @@ from latentvid.nn.unet3d import UNet3D
 from .test_latent_diffusion import shapes_batch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model(frame_conditioning: bool = True, seed: int = 0, **kwargs) -> LatentDiffusion:

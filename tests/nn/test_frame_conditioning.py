@@ -15,12 +15,7 @@ from latentvid.nn.unet3d import UNet3D
 B, C, T, S = 2, 3, 4, 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unet(**kw) -> UNet3D:

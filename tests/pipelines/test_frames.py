@@ -26,12 +26,7 @@ VAE = Path(__file__).resolve().parents[2] / "data" / "vae" / "shapes-vae.ckpt"
 CAPTION = ["a red circle moving left"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(frame_conditioning: bool) -> LatentDiffusion:
