@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from latentvid.data.shapes import HELD_OUT, video_caption  # noqa: E402
 from latentvid.evaluation import probe_scores  # noqa: E402
-from latentvid.evaluation.sampling import clip_shape, sample_seeded  # noqa: E402
+from latentvid.evaluation.sampling import clip_shape, sample_videos  # noqa: E402
 from latentvid.pipelines.loading import load_model  # noqa: E402
 
 
@@ -54,11 +54,9 @@ def parse_student(text: str) -> tuple[int, str]:
 def timed_samples(model, captions: list[str], shape: tuple[int, int, int], seed: int, batch_size: int,
                   **sampling) -> tuple[torch.Tensor, float]:
     """All videos (N, 3, T, H, W) of ``captions`` (video k: seed + k) and the seconds they took."""
-    videos, start = [], time.perf_counter()
-    for i in range(0, len(captions), batch_size):
-        chunk = captions[i : i + batch_size]
-        videos.append(sample_seeded(model, chunk, shape, [seed + i + k for k in range(len(chunk))], **sampling))
-    return torch.cat(videos), time.perf_counter() - start
+    start = time.perf_counter()
+    videos = sample_videos(model, captions, shape, seed=seed, batch_size=batch_size, **sampling)
+    return videos, time.perf_counter() - start
 
 
 def measure(name: str, videos: torch.Tensor, seconds: float, passes: int, captions: list[str],
