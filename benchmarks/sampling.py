@@ -6,7 +6,8 @@ seeds each; video k has seed ``--seed + k`` in every row, so every row starts fr
 with:
 
 * the teacher at ``--reference-steps`` DDIM steps (the reference, classifier-free guidance),
-* each ``--row SAMPLER:STEPS`` of the teacher (default DDIM 50, DDIM 8, DPM-Solver++ 8 and 10),
+* each ``--row SAMPLER:STEPS[:SPACING]`` of the teacher (default DDIM 50, DDIM 8, DPM-Solver++ 8
+  and 10 on the uniform-t grid, and DDIM 10, DPM-Solver++ 8 and 10 on the uniform-logSNR grid),
 * each ``--student STEPS=CKPT`` at its own step count (one network pass per step: the guidance
   weight is an input),
 
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--student", type=parse_student, action="append", default=[], metavar="STEPS=CKPT",
                    help="a distilled student (ProgressiveDistillation checkpoint) sampling in STEPS steps")
     p.add_argument("--row", type=parse_row, action="append", default=None, metavar="SAMPLER:STEPS[:SPACING]",
-                   help="a teacher row (default: ddim:50 ddim:8 dpmpp_2m:8 dpmpp_2m:10); SPACING: time "
-                        "(default), logsnr or karras")
+                   help="a teacher row (default: ddim:50 ddim:8 dpmpp_2m:8 dpmpp_2m:10 ddim:10:logsnr "
+                        "dpmpp_2m:8:logsnr dpmpp_2m:10:logsnr); SPACING: time (default), logsnr or karras")
     p.add_argument("--reference-steps", type=int, default=200, help="DDIM steps of the reference sample")
     p.add_argument("--per-prompt", type=int, default=8, help="fresh seeds per held-out caption (6 captions)")
     p.add_argument("--guidance", type=float, default=3.0)
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows_wanted = args.row or [("ddim", 50, "time"), ("ddim", 8, "time"), ("dpmpp_2m", 8, "time"),
-                               ("dpmpp_2m", 10, "time")]
+                               ("dpmpp_2m", 10, "time"), ("ddim", 10, "logsnr"), ("dpmpp_2m", 8, "logsnr"),
+                               ("dpmpp_2m", 10, "logsnr")]
     captions = [video_caption(*c) for c in HELD_OUT for _ in range(args.per_prompt)]
 
     teacher, ckpt = load_model(args.teacher, device=args.device)

@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--sampler", choices=SAMPLER_NAMES,
         help="sampler (default: the model's); dpmpp_2m and heun are second-order ODE solvers for few steps")
     add("--spacing", choices=SPACING_NAMES, default="time",
-        help="sampling grid: uniform in t (default), uniform in logSNR, or Karras et al.'s rho = 7")
+        help="sampling grid: uniform in t (default), uniform in logSNR or Karras et al.'s rho = 7, both "
+             "within logSNR [-8, 8]")
     add("--eta", metavar="ETA", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     add("--fps", metavar="FPS", type=float, default=8.0, help="frame rate to condition on and to write (default 8)")
     add("--frames", metavar="N", type=int, help="frames per video (default: the training clip length)")

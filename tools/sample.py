@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=SAMPLER_NAMES,
                    help="sampler (default: the model's); dpmpp_2m and heun are second-order ODE solvers for few steps")
     p.add_argument("--spacing", choices=SPACING_NAMES, default="time",
-                   help="sampling grid: uniform in t (default), uniform in logSNR, or Karras et al.'s rho = 7 "
+                   help="sampling grid: uniform in t (default), uniform in logSNR or Karras et al.'s rho = 7, both "
+                        "within logSNR [-8, 8]; few steps: --sampler dpmpp_2m --steps 10 --spacing logsnr "
                         "(text-to-video from --ckpt)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     p.add_argument("--eta", type=float, help="DDIM eta (default 0 = deterministic)")

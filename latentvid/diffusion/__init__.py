@@ -36,6 +36,7 @@ from latentvid.diffusion.samplers import (
     sample_heun,
 )
 from latentvid.diffusion.schedule import (
+    GRID_LOGSNR_RANGE,
     SPACINGS,
     CosineSchedule,
     AlphaSigma,

@@ -212,8 +212,10 @@ class DiscreteSchedule:
         ``"karras"`` is diffusers' ``use_karras_sigmas`` grid of this table)."""
         finite, zero = self._finite()
         if zero and spacing != "time":  # these grids need finite ends: start at the last finite timestep
-            return sampling_grid(lambda t: self.logsnr(t).clamp(min=float(finite[-1])), steps, spacing)
-        return sampling_grid(self.logsnr, steps, spacing)
+            return sampling_grid(lambda t: self.logsnr(t).clamp(min=float(finite[-1])), steps, spacing,
+                                 logsnr_range=None)
+        # the table's own ends, as diffusers' use_karras_sigmas: a trained table is already the useful range
+        return sampling_grid(self.logsnr, steps, spacing, logsnr_range=None)
 
     def logsnrs_at(self, timesteps: Tensor) -> Tensor:
         """logSNR (K,) float64 of integer training timesteps (K,), e.g. a diffusers scheduler's ``timesteps``

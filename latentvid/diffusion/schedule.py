@@ -132,7 +132,18 @@ SPACINGS: tuple[str, ...] = ("time", "logsnr", "karras")
 """The sampling grids of :func:`sampling_grid` (``"time"``, uniform in the schedule's t, is the default)."""
 
 
-def sampling_grid(logsnr: Callable[[Tensor], Tensor], steps: int, spacing: str = "time", rho: float = 7.0) -> Tensor:
+GRID_LOGSNR_RANGE: tuple[float, float] = (-8.0, 8.0)
+"""Where the ``"logsnr"`` and ``"karras"`` grids start and end (clipped to the schedule's own range).
+
+A schedule's full range wastes few-step grids at both ends: the cosine and flow schedules span logSNR
+[-20, 20], where alpha (at -20) and sigma (at +20) are 5e-5, so the first and last steps move
+nothing a decoder or the eye can see. [-8, 8] (alpha, sigma about 0.018) is where shapes' base model
+gained: DPM-Solver++(2M) at 10 steps on uniform logSNR [-8, 8] scored as DDIM at 50 on the held-out
+probe, against 9 points of colour lost on [-20, 20] (README, "Fast sampling")."""
+
+
+def sampling_grid(logsnr: Callable[[Tensor], Tensor], steps: int, spacing: str = "time", rho: float = 7.0,
+                  logsnr_range: tuple[float, float] | None = GRID_LOGSNR_RANGE) -> Tensor:
     """A sampling grid (steps + 1,) float32 of logSNRs from t = 1 (noise) towards t = 0, the last one +inf.
 
     ``logsnr`` is the schedule's t -> logSNR. ``spacing``:
@@ -144,9 +155,11 @@ def sampling_grid(logsnr: Callable[[Tensor], Tensor], steps: int, spacing: str =
       with (sigma / alpha)^(1 / rho) evenly spaced from the value at t = 1 to the one at t = 0, then
       +inf (their sigma_N = 0). rho = 7 spends more steps at low noise; rho -> inf is ``"logsnr"``.
 
-    ``"logsnr"`` and ``"karras"`` evaluate the network at both ends of the schedule's range, as Karras
-    et al.'s grid does; the time grid's last evaluation is at t = 1 / steps instead. A grid is
-    logSNRs, so every process (VP or flow) and every sampler takes it; these two are computed in float64.
+    ``"logsnr"`` and ``"karras"`` evaluate the network at both ends of their range, as Karras et al.'s
+    grid does; the time grid's last evaluation is at t = 1 / steps instead. Their range is the
+    schedule's [logSNR(1), logSNR(0)] intersected with ``logsnr_range`` (``GRID_LOGSNR_RANGE``; None:
+    the schedule's whole range). A grid is logSNRs, so every process (VP or flow) and every sampler
+    takes it; these two are computed in float64.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -157,6 +170,14 @@ def sampling_grid(logsnr: Callable[[Tensor], Tensor], steps: int, spacing: str =
     if spacing not in SPACINGS:
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     lam_noise, lam_data = logsnr(torch.tensor([1.0, 0.0], dtype=torch.float64)).double().tolist()
+    if logsnr_range is not None:
+        lo, hi = logsnr_range
+        if not lo < hi:
+            raise ValueError(f"logsnr_range must be (low, high) with low < high, got {logsnr_range}")
+        lam_noise, lam_data = max(lam_noise, lo), min(lam_data, hi)
+        if not lam_noise < lam_data:
+            raise ValueError(f"logsnr_range {logsnr_range} misses the schedule's range "
+                             f"[{lam_noise:g}, {lam_data:g}]")
     if spacing == "logsnr":
         lam = torch.linspace(lam_noise, lam_data, steps, dtype=torch.float64)
     else:

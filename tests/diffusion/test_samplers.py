@@ -22,6 +22,7 @@ from latentvid.diffusion.schedule import (
     alpha_sigma,
     logsnr_from_alpha_sigma,
     rf_alpha_sigma,
+    sampling_grid,
 )
 
 MU, STD = 0.7, 0.3
@@ -256,7 +257,9 @@ ODE_SOLVERS = {
 
 
 def flow_map_error(solver, schedule, steps: int, spacing: str, z: torch.Tensor) -> float:
-    lam = schedule.sampling_logsnrs(steps, spacing=spacing).double()
+    # the schedule's whole range: the default [-8, 8] ends in a fixed last jump from logSNR 8 to clean,
+    # an error that no number of steps removes, which would hide the order of the steps before it
+    lam = sampling_grid(schedule.logsnr, steps, spacing, logsnr_range=None).double()
     x = solver(gaussian_denoiser(MU, STD, schedule.alpha_sigma), z.clone(), lam, alpha_sigma=schedule.alpha_sigma)
     return (x - exact_flow_map(MU, STD, z, float(lam[0]), schedule.alpha_sigma)).abs().max().item()
 

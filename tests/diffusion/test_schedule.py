@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from latentvid.diffusion.schedule import (
+    GRID_LOGSNR_RANGE,
     SPACINGS,
     CosineSchedule,
     LinearLogSNRSchedule,
@@ -99,6 +100,7 @@ def test_the_default_spacing_is_the_uniform_time_grid(schedule):
 def test_logsnr_and_karras_spacings(schedule):
     steps = 6
     ends = schedule.logsnr(torch.tensor([1.0, 0.0], dtype=torch.float64))  # (noisiest, cleanest)
+    ends = ends.clamp(*GRID_LOGSNR_RANGE)  # the grids' default range: the schedule's, within [-8, 8]
     uniform = schedule.sampling_logsnrs(steps, spacing="logsnr").double()
     assert uniform.shape == (steps + 1,) and uniform[-1] == math.inf
     np.testing.assert_allclose(uniform[:-1].numpy(), np.linspace(*ends.numpy(), steps), rtol=1e-6, atol=1e-5)
@@ -109,6 +111,25 @@ def test_logsnr_and_karras_spacings(schedule):
     i = np.arange(steps)
     ref = (s_max ** (1 / 7) + i / (steps - 1) * (s_min ** (1 / 7) - s_max ** (1 / 7))) ** 7
     np.testing.assert_allclose(np.exp(-karras[:-1].numpy() / 2), ref, rtol=1e-5)
+
+
+def test_grid_range_is_the_schedules_within_logsnr_range():
+    cosine = CosineSchedule()  # logSNR [-20, 20]
+    lam = lambda t: cosine.logsnr(t)  # noqa: E731
+    for spacing in ("logsnr", "karras"):
+        assert sampling_grid(lam, 5, spacing)[[0, -2]].tolist() == [-8.0, 8.0]
+        assert sampling_grid(lam, 5, spacing, logsnr_range=(-6.0, 4.0))[[0, -2]].tolist() == [-6.0, 4.0]
+        full = sampling_grid(lam, 5, spacing, logsnr_range=None)
+        torch.testing.assert_close(full[[0, -2]], torch.tensor([-20.0, 20.0]))
+        # a schedule narrower than the range keeps its own ends
+        narrow = sampling_grid(lambda t: linear_logsnr(t, -5.0, 3.0), 5, spacing)
+        torch.testing.assert_close(narrow[[0, -2]], torch.tensor([-5.0, 3.0]))
+    with pytest.raises(ValueError, match="low < high"):
+        sampling_grid(lam, 5, "logsnr", logsnr_range=(2.0, -2.0))
+    with pytest.raises(ValueError, match="misses"):
+        sampling_grid(lambda t: linear_logsnr(t, -5.0, 3.0), 5, "logsnr", logsnr_range=(4.0, 9.0))
+    # the default time grid does not use the range
+    torch.testing.assert_close(sampling_grid(lam, 5), sampling_grid(lam, 5, logsnr_range=None))
 
 
 def test_karras_spacing_tends_to_uniform_logsnr_as_rho_grows():
@@ -123,9 +144,10 @@ def test_spacing_validation():
     with pytest.raises(ValueError, match="steps"):
         CosineSchedule().sampling_logsnrs(0, spacing="karras")
     assert SPACINGS == ("time", "logsnr", "karras")
-    for spacing in SPACINGS:  # one step: straight from the noisiest level to a clean sample
+    for spacing in SPACINGS:  # one step: straight from the noisiest level of the grid to a clean sample
         lam = RectifiedFlowSchedule().sampling_logsnrs(1, spacing=spacing)
-        assert lam.tolist() == [pytest.approx(-20.0), math.inf]
+        noisiest = -20.0 if spacing == "time" else GRID_LOGSNR_RANGE[0]
+        assert lam.tolist() == [pytest.approx(noisiest), math.inf]
 
 
 # ---- rectified flow -------------------------------------------------------------------------------
