@@ -63,8 +63,26 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: b
     cls = getattr(importlib.import_module(module), name)
     if hasattr(cls, "load_sampling_model"):
         return cls.load_sampling_model(ckpt, ema=ema).to(device).eval(), ckpt
-    model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    try:
+        model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except ValueError as exc:  # the config parser wraps a missing file (a VAE, a teacher) in a union error
+        missing = _missing_file(exc)
+        if missing is None:
+            raise
+        raise FileNotFoundError(f"{path}: {missing} (a checkpoint's config names files relative to the "
+                                f"directory you run from, here {Path.cwd()})") from exc
     if not ema and "current_model_state" in ckpt:
         model.on_load_checkpoint(ckpt)  # refills weights left out because they reload from files
         model.load_state_dict(ckpt["current_model_state"])
     return model.to(device).eval(), ckpt
+
+
+def _missing_file(exc: BaseException) -> str | None:
+    """The message of the FileNotFoundError that ``exc`` was raised from, if any (None otherwise)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, FileNotFoundError):
+            return str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
