@@ -42,6 +42,8 @@ class FrameOptions:
     Attributes:
         method: ``"trained"`` (the network's frame input), ``"replacement"`` or ``"guidance"``
             (reconstruction guidance); None: trained for a frame-conditioned model, else guidance.
+            Given frames past the whole-latent-frame prefix (interpolation) go through the decoder:
+            guided for ``"guidance"``, replaced (decode, replace, encode) for the other two.
         weight: w_r of reconstruction guidance (VDM: > 1 works best; the Gaussian tests found ~5). Given
             pixel frames that are no whole latent prefix are guided through the decoder with w_r scaled
             by (latent elements) / (pixel elements), so w_r keeps its latent-space size.
@@ -131,7 +133,7 @@ def sample_with_frames(model: LatentDiffusion, captions: list[str], pixels: Tens
     else:  # (a guidance wrapper returns detached estimates: it cannot sit inside another one)
         denoise = model.guided_denoiser(captions, opts.fps, scale)
     if bool(rest.any()):
-        if method == "replacement":
+        if method in ("replacement", "trained"):  # trained: its input takes whole latent frames only
             denoise = pixel_replacement(denoise, model, pixels, rest)
         else:  # reconstruction guidance through the decoder, on every given pixel frame
             # the error sums over pixels, (3 T H W) / (C t h w) times more terms than over latents
