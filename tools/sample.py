@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     given.add_argument("--factor", type=int, default=2, help="--interpolate: frames out per frame in (default 2)")
     given.add_argument("--frames-method", choices=("trained", "replacement", "guidance"),
                        help="how the given frames condition the model (default: trained for a frame-conditioned "
-                            "checkpoint, else reconstruction guidance)")
+                            "checkpoint, else reconstruction guidance; for --interpolate, replacement "
+                            "measured 8 dB better than guidance on shapes, README)")
     given.add_argument("--frames-weight", type=float, default=1.0, help="w_r of reconstruction guidance (default 1)")
     given.add_argument("--window", type=int, help="--extend: frames per window (default: the training clip length)")
     given.add_argument("--overlap", type=int,
