@@ -61,9 +61,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: b
         raise ValueError(f"{path} has no saved model config (was it written by tools/fit.py / latentvid fit?)")
     module, name = class_path.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
-    if hasattr(cls, "load_sampling_model"):
-        return cls.load_sampling_model(ckpt, ema=ema).to(device).eval(), ckpt
     try:
+        if hasattr(cls, "load_sampling_model"):
+            return cls.load_sampling_model(ckpt, ema=ema).to(device).eval(), ckpt
         model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except ValueError as exc:  # the config parser wraps a missing file (a VAE, a teacher) in a union error
         missing = _missing_file(exc)

@@ -88,11 +88,16 @@ def test_a_run_root_resolves_to_its_newest_last_checkpoint(tmp_path) -> None:
     assert resolve_checkpoint(sharded) == sharded  # an FSDP checkpoint is a folder named like a file
 
 
-def test_a_missing_file_named_in_the_config_is_one_clear_error(latent_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["model", "distilled"])
+def test_a_missing_file_named_in_the_config_is_one_clear_error(latent_run: Path, tmp_path: Path, kind: str) -> None:
     # the run's VAE file gone (or named relative to another directory): the loader names the
-    # checkpoint, the missing file and the directory relative paths resolve against
+    # checkpoint, the missing file and the directory relative paths resolve against, for a trained
+    # model and for a distillation checkpoint (its student is built from the config it records)
     ckpt = torch.load(latent_run, map_location="cpu", weights_only=True)
     ckpt["hyper_parameters"]["first_stage"]["init_args"]["checkpoint"] = "elsewhere/vae.ckpt"
+    if kind == "distilled":
+        ckpt = {"hyper_parameters": {"_class_path": "latentvid.models.distillation.ProgressiveDistillation"},
+                "distillation": {"student_config": ckpt["hyper_parameters"]}, "state_dict": {}}
     moved = tmp_path / "moved.ckpt"
     torch.save(ckpt, moved)
     with pytest.raises(FileNotFoundError, match=r"moved\.ckpt: .*elsewhere/vae\.ckpt.*directory you run from"):
