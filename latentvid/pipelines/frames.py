@@ -44,9 +44,9 @@ class FrameOptions:
             (reconstruction guidance); None: trained for a frame-conditioned model, else guidance.
             Given frames past the whole-latent-frame prefix (interpolation) go through the decoder:
             guided for ``"guidance"``, replaced (decode, replace, encode) for the other two.
-        weight: w_r of reconstruction guidance (VDM: > 1 works best; the Gaussian tests found ~5). Given
-            pixel frames that are no whole latent prefix are guided through the decoder with w_r scaled
-            by (latent elements) / (pixel elements), so w_r keeps its latent-space size.
+        weight: w_r of reconstruction guidance (VDM: > 1 works best; the Gaussian tests found ~5). With
+            ``"guidance"``, given pixel frames that are no whole latent prefix are guided through the
+            decoder with w_r scaled by (latent elements) / (pixel elements), so w_r keeps its latent-space size.
         steps, sampler, guidance, eta: as :meth:`LatentDiffusion.sample` (None: the model's).
         fps: the frame rate the model is conditioned on.
     """
