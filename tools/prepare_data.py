@@ -74,6 +74,7 @@ def _shapes(args: argparse.Namespace) -> int:
         args.out,
         seed=args.seed,
         clips_per_combo=args.clips_per_combo,
+        leave_ratio=args.leave_ratio,
         num_frames=args.frames,
         size=args.size,
         fps=args.fps,
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--fps", type=int, default=8, help="frame rate stored in the mp4 files")
     shapes.add_argument("--clips-per-combo", type=int, default=4,
                         help="training clips per (colour, shape, direction)")
+    shapes.add_argument("--leave-ratio", type=float, default=0.0,
+                        help="share of each combination's training clips in which the shape may leave the frame "
+                             "(extension fine-tunes; configs/i2v.yaml uses 0.5)")
     shapes.add_argument("--images-per-combo", type=int, default=2, help="stills per (colour, shape)")
     shapes.add_argument("--heldout-clips-per-combo", type=int, default=4,
                         help="evaluation clips per held-out combination")

@@ -48,6 +48,8 @@ class ShapesDataModule(LightningDataModule):
             if False a missing data set is an error.
         seed: generation seed and seed of the training sampler.
         clips_per_combo: training clips per (colour, shape, direction) when generating.
+        leave_ratio: share of those clips in which the shape may leave the frame (generation;
+            :func:`latentvid.data.shapes.generate_shapes_dataset`); 0 keeps every shape inside.
         val_batches: number of validation batches (the first ``val_batches * batch_size``
             held-out clips; the held-out index is ordered so any prefix covers every combo).
         small_data: a training set with fewer samples than ``batch_size`` x ranks: ``"repeat"``
@@ -68,6 +70,7 @@ class ShapesDataModule(LightningDataModule):
         clips_per_combo: int = 4,
         val_batches: int = 1,
         small_data: str = "repeat",
+        leave_ratio: float = 0.0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or val_batches < 1 or num_workers < 0:
@@ -84,6 +87,7 @@ class ShapesDataModule(LightningDataModule):
         self.generate = generate
         self.seed = seed
         self.clips_per_combo = clips_per_combo
+        self.leave_ratio = leave_ratio
         self.val_batches = val_batches
         self.small_data = small_data
         self.train_set: Dataset | None = None
@@ -99,15 +103,19 @@ class ShapesDataModule(LightningDataModule):
                     f"no complete shapes data set in {self.root} (missing {Path(self.root) / '.complete'}); "
                     f"create it with `python tools/prepare_data.py shapes --out {self.root} "
                     f"--size {self.size} --frames {self.num_frames} --seed {self.seed} "
-                    f"--clips-per-combo {self.clips_per_combo}` or set generate=True"
+                    f"--clips-per-combo {self.clips_per_combo}"
+                    + (f" --leave-ratio {self.leave_ratio}" if self.leave_ratio else "") + "` or set generate=True"
                 )
             generate_shapes_dataset(self.root, seed=self.seed, clips_per_combo=self.clips_per_combo,
+                                    leave_ratio=self.leave_ratio,
                                     num_frames=self.num_frames, size=self.size)
             return
         params = marker.get("params", {})
         wanted = {"seed": self.seed, "clips_per_combo": self.clips_per_combo,
                   "num_frames": self.num_frames, "size": self.size}
         differ = {k: (params.get(k), v) for k, v in wanted.items() if params.get(k) != v}
+        if params.get("leave_ratio", 0.0) != self.leave_ratio:
+            differ["leave_ratio"] = (params.get("leave_ratio", 0.0), self.leave_ratio)
         if differ:
             rank_zero_warn(f"using existing shapes data in {self.root}; (found, requested) differ: {differ}")
 

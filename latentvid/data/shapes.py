@@ -173,6 +173,8 @@ def render_clip(
     num_frames: int = 8,
     size: int = 32,
     rng: np.random.Generator | None = None,
+    extend_to: int | None = None,
+    leave_frame: bool = False,
 ) -> np.ndarray:
     """Render one clip as uint8 frames (T, H, W, 3) with T = num_frames, H = W = size.
 
@@ -180,20 +182,35 @@ def render_clip(
     ``TRAVEL_RANGE * size`` (capped so the shape stays fully inside the frame), the start position
     uniformly among those that keep every frame inside. The centre moves by the same amount each
     frame ("left": x decreases, "up": y decreases).
+
+    ``extend_to`` (> num_frames) renders T = extend_to frames: the same clip (its first num_frames
+    frames are what ``extend_to=None`` gives for the same ``rng``) with the motion continued at the
+    same per-frame step, the shape leaving the frame when it gets there. This is the true
+    continuation that video extension is scored against.
+
+    ``leave_frame``: the travel is not capped and the start is drawn anywhere inside, so the shape
+    may leave the frame during the clip (a model that never saw a shape leave cannot continue a clip
+    that reaches the border: it turns the shape instead).
     """
     _check_words(colour=colour, shape=shape, direction=direction)
     if num_frames < 1 or size < 8:
         raise ValueError(f"need num_frames >= 1 and size >= 8, got {num_frames=} {size=}")
+    if extend_to is not None and (num_frames < 2 or extend_to <= num_frames):
+        raise ValueError(f"extend_to needs num_frames >= 2 and extend_to > num_frames, got {num_frames=} {extend_to=}")
     rng = np.random.default_rng() if rng is None else rng
     r = _sample_radius(size, rng)
     room = size - 2 * r  # range of centre positions that keep the shape inside
-    travel = min(float(rng.uniform(*TRAVEL_RANGE)) * size, room)
+    travel = float(rng.uniform(*TRAVEL_RANGE)) * size
+    travel = travel if leave_frame else min(travel, room)
     dx, dy = _MOTION[direction]
     # position along the motion axis, measured in the direction of motion from its start
-    along0 = r + float(rng.uniform(0.0, room - travel))
+    along0 = r + float(rng.uniform(0.0, room if leave_frame else room - travel))
     across = r + float(rng.uniform(0.0, room))
     steps = np.linspace(0.0, travel, num_frames) if num_frames > 1 else np.zeros(1)
-    masks = np.empty((num_frames, size, size), dtype=bool)
+    if extend_to is not None:
+        # the first frames exactly as without extend_to, then the same step onwards
+        steps = np.concatenate([steps, np.arange(num_frames, extend_to) * (travel / (num_frames - 1))])
+    masks = np.empty((len(steps), size, size), dtype=bool)
     for t, step in enumerate(steps):
         along = along0 + step
         if dx != 0:
@@ -271,6 +288,7 @@ def generate_shapes_dataset(
     heldout_clips_per_combo: int = 4,
     overwrite: bool = False,
     progress: bool = False,
+    leave_ratio: float = 0.0,
 ) -> dict[str, Any]:
     """Write the shapes data set under ``root`` and return a summary dict.
 
@@ -285,6 +303,11 @@ def generate_shapes_dataset(
         eval_prompts.txt                   held-out captions, then a few training captions
         .complete                          generation parameters (JSON), written last
 
+    ``leave_ratio``: the share of each combination's training clips (the first
+    ``round(leave_ratio * clips_per_combo)``) rendered with ``leave_frame``, so the shape may leave the
+    frame (for extension: a model must have seen it to continue a clip that reaches the border). The
+    held-out clips and the stills never leave.
+
     Deterministic from ``seed``. If ``root`` already holds a complete data set made with the same
     parameters it is left alone; with different parameters a ``ValueError`` is raised unless
     ``overwrite`` is set. A folder without the marker (e.g. an interrupted run) is regenerated.
@@ -297,12 +320,17 @@ def generate_shapes_dataset(
                         ("fps", fps), ("images_per_combo", images_per_combo)]:
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0.0 <= leave_ratio <= 1.0:
+        raise ValueError(f"leave_ratio must be in [0, 1], got {leave_ratio}")
     root = Path(root)
     params = {
         "seed": seed, "clips_per_combo": clips_per_combo, "num_frames": num_frames, "size": size,
         "fps": fps, "images_per_combo": images_per_combo,
         "heldout_clips_per_combo": heldout_clips_per_combo, "held_out": [list(c) for c in HELD_OUT],
     }
+    leaving = round(leave_ratio * clips_per_combo)
+    if leave_ratio:  # recorded only when used, so folders made before the option still match
+        params["leave_ratio"] = leave_ratio
     existing = read_marker(root)
     if existing is not None and not overwrite:
         if existing.get("params") == params:
@@ -330,7 +358,8 @@ def generate_shapes_dataset(
         key = f"{colour}_{shape}_{direction}_{k:02d}"
         rel = f"{folder}/{key}.mp4"
         stream = 0 if folder == "videos" else 2  # held-out clips draw from their own streams
-        frames = render_clip(colour, shape, direction, num_frames, size, _rng(seed, stream, index[combo], k))
+        frames = render_clip(colour, shape, direction, num_frames, size, _rng(seed, stream, index[combo], k),
+                             leave_frame=folder == "videos" and k < leaving)
         write_video(root / rel, frames, fps=fps)
         if bar is not None:
             bar.update()

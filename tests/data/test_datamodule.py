@@ -174,6 +174,19 @@ def test_missing_data_without_generate_says_how_to_make_it(tmp_path: Path) -> No
     assert not (tmp_path / "absent").exists()
 
 
+def test_leave_ratio_reaches_generation_and_a_folder_made_without_it_warns(root: Path, tmp_path: Path) -> None:
+    dm = ShapesDataModule(root=str(tmp_path / "leave"), num_frames=T, size=SIZE, clips_per_combo=2, seed=1,
+                          leave_ratio=0.5)
+    dm.prepare_data()
+    assert json.loads((tmp_path / "leave" / ".complete").read_text())["params"]["leave_ratio"] == 0.5
+    with pytest.warns(UserWarning, match="leave_ratio"):
+        ShapesDataModule(root=str(root), num_frames=T, size=SIZE, clips_per_combo=1, seed=1,
+                         leave_ratio=0.5).prepare_data()
+    absent = ShapesDataModule(root=str(tmp_path / "absent"), generate=False, leave_ratio=0.5)
+    with pytest.raises(FileNotFoundError, match="--leave-ratio 0.5"):
+        absent.prepare_data()
+
+
 def test_bad_configuration_is_rejected() -> None:
     with pytest.raises(ValueError, match="image_ratio"):
         ShapesDataModule(image_ratio=-0.1)

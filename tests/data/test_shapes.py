@@ -123,6 +123,39 @@ def test_shape_stays_in_frame(direction: str) -> None:
                 assert np.ptp(rows) + 1 >= 2 * 32 / 5 - 1
 
 
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_extend_to_continues_the_same_clip_at_the_same_step(direction: str) -> None:
+    for seed in range(5):
+        clip = render_clip("green", "square", direction, num_frames=9, rng=np.random.default_rng(seed))
+        long = render_clip("green", "square", direction, num_frames=9, rng=np.random.default_rng(seed), extend_to=40)
+        assert long.shape == (40, 32, 32, 3)
+        np.testing.assert_array_equal(long[:9], clip)  # the same draws, the same first frames
+        centre = [np.argwhere(m).mean(0) for m in foreground(long)[:9]]  # (row, col) per in-frame frame
+        step = (centre[-1] - centre[0]) / 8
+        area = foreground(long[:1]).sum()
+        for t, m in enumerate(foreground(long)):
+            if m.sum() == area:  # wholly inside: its centre is where the constant step puts it
+                np.testing.assert_allclose(np.argwhere(m).mean(0), centre[0] + t * step, atol=1.0)  # whole pixels
+        assert foreground(long[-1:]).sum() == 0  # 40 frames at >= 0.3 x 32 px per 8 frames: it has left
+
+
+def test_leave_frame_lets_the_shape_leave_from_a_start_inside() -> None:
+    left_frame = 0
+    for seed in range(40):
+        clip = render_clip("blue", "circle", "right", rng=np.random.default_rng(seed), leave_frame=True)
+        areas = foreground(clip).sum(axis=(1, 2))
+        assert areas[0] >= 0.8 * areas.max()  # it starts wholly inside
+        left_frame += areas[-1] < 0.8 * areas[0]
+        inside = render_clip("blue", "circle", "right", rng=np.random.default_rng(seed))
+        assert foreground(inside).sum(axis=(1, 2)).min() >= 0.8 * areas[0]  # without it, never
+    assert 8 <= left_frame <= 32  # a fair share, not all: the start is uniform over the frame
+
+
+def test_extend_to_needs_a_longer_clip() -> None:
+    with pytest.raises(ValueError, match="extend_to"):
+        render_clip("red", "circle", "left", num_frames=9, extend_to=9)
+
+
 def test_bad_words_raise() -> None:
     with pytest.raises(ValueError, match="purple"):
         render_clip("purple", "circle", "left")
@@ -235,6 +268,28 @@ def test_generation_is_deterministic_and_skips_a_complete_folder(small_root: Pat
     # other parameters: refused without overwrite
     with pytest.raises(ValueError, match="overwrite"):
         generate_shapes_dataset(other, **{**SMALL, "clips_per_combo": 2})
+
+
+def test_leave_ratio_renders_the_first_clips_of_each_combination_leaving(small_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "leave"
+    generate_shapes_dataset(root, **{**SMALL, "clips_per_combo": 2, "num_frames": 9, "leave_ratio": 0.5})
+    assert read_marker(root)["params"]["leave_ratio"] == 0.5
+    assert "leave_ratio" not in read_marker(small_root)["params"]  # folders made without it still match
+    rows = {r["key"]: r for r in _read_jsonl(root / "videos.jsonl")}
+    drops = {k: 0 for k in ("00", "01")}
+    for key, row in rows.items():
+        areas = (read_frames(root / row["path"]).astype(np.float64) - BACKGROUND).__abs__().sum(-1) > 90
+        areas = areas.sum(axis=(1, 2))
+        drops[key[-2:]] += areas[-1] < 0.6 * areas[0]
+    assert drops["01"] == 0 and drops["00"] >= 10  # only clip 0 of each combination may leave
+    again = tmp_path / "plain"
+    generate_shapes_dataset(again, **{**SMALL, "clips_per_combo": 2, "num_frames": 9})
+    assert (again / "heldout.jsonl").read_text() == (root / "heldout.jsonl").read_text()
+    # held out: unchanged (the decoded frames agree up to the encoder, which is not bit-exact between runs)
+    held = read_frames(root / "heldout" / "red_circle_right_00.mp4").astype(np.int64)
+    assert np.abs(held - read_frames(again / "heldout" / "red_circle_right_00.mp4")).max() <= 8
+    with pytest.raises(ValueError, match="leave_ratio"):
+        generate_shapes_dataset(tmp_path / "bad", **{**SMALL, "leave_ratio": 1.5})
 
 
 def test_incomplete_folder_is_regenerated(tmp_path: Path) -> None:
