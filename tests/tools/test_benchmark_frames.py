@@ -32,6 +32,16 @@ def test_scores_of_true_clips(load_script):
     jumped = long.clone()
     jumped[:, :, 9:] = torch.roll(long[:, :, 9:], shifts=8, dims=-1)  # a jump of 8 px at the first seam
     assert bench.extension_scores(jumped, long[:, :, :9], 9, 5)["seam_within"] == 0.5
+    # against true continuations: stretches where the truth has left the frame are not "in view"
+    rng = [np.random.default_rng(s) for s in range(3)]
+    truth = torch.stack([from_uint8(render_clip("red", "square", "left", num_frames=9, rng=r, extend_to=33))
+                         for r in rng])  # (3, 3, 33, 32, 32): leaves the frame within 33 frames
+    own = bench.extension_scores(truth, truth[:, :, :9], 9, 5, truth)
+    assert own["in_view_all"] == 1.0 and 3 <= own["in_view_stretches"] < 3 * 3 and own["probe_all"] < 1.0
+    assert "in_view_all" not in bench.extension_scores(frozen, long[:, :, :9], 9, 5)  # only against a truth
+    stopped = truth.clone()
+    stopped[:, :, 9:] = truth[:, :, 8:9]
+    assert bench.extension_scores(stopped, truth[:, :, :9], 9, 5, truth)["in_view_direction"] < 1.0
     interp = bench.interpolation_scores(long[:, :, :9], long[:, :, :9])
     assert interp["beats_linear"] == 1.0 and interp["psnr"] > interp["linear_psnr"]
     images = long[:, :, 0]
@@ -51,8 +61,10 @@ def test_tiny_frames_run(tmp_path: Path, load_script):
     result = bench.main(["--base", str(base), "--i2v", str(i2v), "--samples", "2", "--steps", "2", "--weights", "3",
                          "--extend-to", "17", "--batch", "2", "--threads", "1", "--out", str(out)])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
-    assert [r["method"] for r in result["rows"]] == ["replacement", "guidance w_r=3", "trained"]
+    assert [r["method"] for r in result["rows"]] == ["true continuation", "replacement", "guidance w_r=3", "trained"]
     for row in result["rows"]:
         assert 0.0 <= row["extend"]["probe_all"] <= 1.0 and len(row["extend"]["seams"]) == 2
+        if row["method"] == "true continuation":
+            continue
         assert len(row["i2v"]["first_psnr_per_sample"]) == 2 and row["i2v"]["vae_psnr"] > 15.0
         assert np.isfinite(row["interp"]["psnr"]) and np.isfinite(row["interp"]["linear_psnr"])
