@@ -10,7 +10,7 @@ The whole cascade (base -> SR stages, per-stage settings in the YAML, mp4 at the
 Around given frames (a frame-conditioned checkpoint, configs/i2v.yaml, uses its trained conditioning; any
 other the training-free reconstruction guidance, or --frames-method replacement):
     python tools/sample.py --ckpt runs/i2v --image first.png --prompt "a red circle moving left" --out out.mp4
-    python tools/sample.py --ckpt runs/i2v --extend clip.mp4 --frames 33 --prompt "..." --out longer.mp4
+    python tools/sample.py --ckpt runs/i2v --extend clip.mp4 --frames 33 --prompt "..." --guidance 0 --out longer.mp4
     python tools/sample.py --ckpt runs/i2v --interpolate clip.mp4 --factor 2 --prompt "..." --out finer.mp4
 
 EMA weights are used when the checkpoint has them (``--no-ema`` for the raw weights). A distillation
@@ -63,7 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     given = p.add_argument_group("given frames (latentvid.pipelines.frames)")
     task = given.add_mutually_exclusive_group()
     task.add_argument("--image", metavar="PNG", help="image-to-video: animate this still (--frames frames)")
-    task.add_argument("--extend", metavar="MP4", help="continue this clip to --frames frames, window by window")
+    task.add_argument("--extend", metavar="MP4",
+                      help="continue this clip to --frames frames, window by window (--guidance 0 lets the given "
+                           "frames alone set the motion: on the shapes i2v model it kept the held-out motion in "
+                           "0.84 of the stretches, against 0.36 at guidance 3, README)")
     task.add_argument("--interpolate", metavar="MP4", help="insert frames between this clip's (--factor)")
     given.add_argument("--factor", type=int, default=2, help="--interpolate: frames out per frame in (default 2)")
     given.add_argument("--frames-method", choices=("trained", "replacement", "guidance"),
