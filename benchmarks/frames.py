@@ -48,19 +48,16 @@ ATTRIBUTES = ("colour", "shape", "direction")
 SEAM_LIMIT = 1.5  # the issue's bound on a seam's jump, in in-clip per-frame steps
 
 
-def held_out_inputs(n: int, seed: int, frames: int = 9, size: int = 32) -> tuple[list[str], Tensor]:
-    """n captions and clips (n, 3, frames, size, size) in [-1, 1]: held-out combination i % 6, seed + i."""
+def held_out_inputs(n: int, seed: int, frames: int = 9, size: int = 32, extend_to: int | None = None
+                    ) -> tuple[list[str], Tensor]:
+    """n captions and clips (n, 3, frames, size, size) in [-1, 1]: held-out combination i % 6, seed + i.
+    With ``extend_to`` the clips come with their motion continued, (n, 3, extend_to, size, size): their
+    first ``frames`` frames are the clips (``render_clip(..., extend_to=)``)."""
     combos = [HELD_OUT[i % len(HELD_OUT)] for i in range(n)]
-    clips = [from_uint8(render_clip(*c, num_frames=frames, size=size, rng=np.random.default_rng(seed + i)))
+    clips = [from_uint8(render_clip(*c, num_frames=frames, size=size, rng=np.random.default_rng(seed + i),
+                                    extend_to=extend_to))
              for i, c in enumerate(combos)]
     return [video_caption(*c) for c in combos], torch.stack(clips)
-
-
-def true_continuations(n: int, seed: int, frames: int, extend_to: int, size: int = 32) -> Tensor:
-    """(n, 3, extend_to, size, size): the clips of :func:`held_out_inputs` with their motion continued."""
-    return torch.stack([from_uint8(render_clip(*HELD_OUT[i % len(HELD_OUT)], num_frames=frames, size=size,
-                                               rng=np.random.default_rng(seed + i), extend_to=extend_to))
-                        for i in range(n)])
 
 
 def psnr(a: Tensor, b: Tensor) -> Tensor:
@@ -231,8 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     tasks = [t for t in args.tasks.split(",") if t]
     if not set(tasks) <= {"extend", "i2v", "interp"}:
         p.error(f"--tasks must be among extend, i2v, interp; got {args.tasks}")
-    captions, clips = held_out_inputs(args.samples, args.seed, args.window, args.size)
-    truth = true_continuations(args.samples, args.seed, args.window, args.extend_to, args.size)
+    captions, truth = held_out_inputs(args.samples, args.seed, args.window, args.size, extend_to=args.extend_to)
+    clips = truth[:, :, :args.window]  # the inputs: the true continuations' first frames
     base, _ = load_model(args.base, args.device)
     methods = []
     if args.replacement:

@@ -111,11 +111,10 @@ class ShapesDataModule(LightningDataModule):
                                     num_frames=self.num_frames, size=self.size)
             return
         params = marker.get("params", {})
+        params = {"leave_ratio": 0.0, **params}  # the marker records leave_ratio only when it was used
         wanted = {"seed": self.seed, "clips_per_combo": self.clips_per_combo,
-                  "num_frames": self.num_frames, "size": self.size}
+                  "num_frames": self.num_frames, "size": self.size, "leave_ratio": self.leave_ratio}
         differ = {k: (params.get(k), v) for k, v in wanted.items() if params.get(k) != v}
-        if params.get("leave_ratio", 0.0) != self.leave_ratio:
-            differ["leave_ratio"] = (params.get("leave_ratio", 0.0), self.leave_ratio)
         if differ:
             rank_zero_warn(f"using existing shapes data in {self.root}; (found, requested) differ: {differ}")
 
