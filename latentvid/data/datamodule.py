@@ -76,6 +76,8 @@ class ShapesDataModule(LightningDataModule):
         if batch_size < 1 or val_batches < 1 or num_workers < 0:
             raise ValueError(f"invalid {batch_size=} {val_batches=} {num_workers=}")
         mixing_weights(1, 1, image_ratio)  # validate early
+        if not 0.0 <= leave_ratio <= 1.0:  # before training, not when the data is generated
+            raise ValueError(f"leave_ratio must be in [0, 1], got {leave_ratio}")
         check_small_data(small_data)
         self.save_hyperparameters()
         self.root = root

@@ -190,5 +190,7 @@ def test_leave_ratio_reaches_generation_and_a_folder_made_without_it_warns(root:
 def test_bad_configuration_is_rejected() -> None:
     with pytest.raises(ValueError, match="image_ratio"):
         ShapesDataModule(image_ratio=-0.1)
+    with pytest.raises(ValueError, match="leave_ratio must be in"):
+        ShapesDataModule(leave_ratio=1.5)  # in the constructor: no folder is touched
     with pytest.raises(ValueError, match="batch_size"):
         ShapesDataModule(batch_size=0)
