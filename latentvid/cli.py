@@ -44,6 +44,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from latentvid.callbacks.checkpoint_io import TMP_MARKER, AtomicCheckpointIO, CheckpointReadError
 from latentvid.callbacks.data_position import DataPosition
+from latentvid.callbacks.launch_dir import LaunchDir
 from latentvid.callbacks.numerics import NonFiniteError, NumericalGuard
 from latentvid.callbacks.preemption import Preemption
 from latentvid.callbacks.progress import StepProgressBar
@@ -187,6 +188,7 @@ class LatentVidCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         install_atomic_checkpoint_io(trainer)
         install_step_progress_bar(trainer, given)
+        trainer.callbacks.append(LaunchDir())  # checkpoints name files relative to this directory
         return trainer
 
     # ---- fit ------------------------------------------------------------------------------

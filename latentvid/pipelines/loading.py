@@ -7,12 +7,18 @@ checkpoints/``), so wherever a checkpoint is asked for, a run root such as ``run
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+
+from latentvid.callbacks.launch_dir import KEY as LAUNCH_KEY
+
+log = logging.getLogger(__name__)
 
 
 def find_checkpoint(folder: str | Path, name: str = "last") -> Path | None:
@@ -51,6 +57,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: b
     A training module that trains another model (:class:`~latentvid.models.distillation.ProgressiveDistillation`)
     says so with a ``load_sampling_model(ckpt, ema)`` class method, and that model is returned (a
     distilled student, sampling in its own steps).
+    Files the saved config names by relative paths (a VAE, a teacher) that do not exist from here are
+    looked up from the directory the run was launched from (recorded by
+    :class:`~latentvid.callbacks.launch_dir.LaunchDir`), so a run loads from any directory.
     Returns ``(model, checkpoint dict)``; raises FileNotFoundError / ValueError naming the file.
     """
     path = resolve_checkpoint(ckpt_path)
@@ -62,19 +71,39 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu", ema: b
     module, name = class_path.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     try:
-        if hasattr(cls, "load_sampling_model"):
-            return cls.load_sampling_model(ckpt, ema=ema).to(device).eval(), ckpt
-        model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        model, sampling = _build(cls, path, ckpt, ema)
     except ValueError as exc:  # the config parser wraps a missing file (a VAE, a teacher) in a union error
         missing = _missing_file(exc)
         if missing is None:
             raise
-        raise FileNotFoundError(f"{path}: {missing} (a checkpoint's config names files relative to the "
-                                f"directory you run from, here {Path.cwd()})") from exc
+        launch = ckpt.get(LAUNCH_KEY)
+        if not launch or Path(launch) == Path.cwd() or not Path(launch).is_dir():
+            raise FileNotFoundError(f"{path}: {missing} (a checkpoint's config names files relative to the "
+                                    f"directory its run was launched from{f', {launch}' if launch else ''}; "
+                                    f"run from there; here {Path.cwd()})") from exc
+        # the config's relative paths were written from the run's launch directory: resolve them there
+        here = path.absolute()
+        try:
+            with contextlib.chdir(launch):
+                model, sampling = _build(cls, here, ckpt, ema)
+        except ValueError as exc2:
+            raise FileNotFoundError(f"{path}: {_missing_file(exc2) or exc2} (resolved against the run's launch "
+                                    f"directory {launch})") from exc2
+        log.info("%s: files named in its config resolved against its launch directory %s", path, launch)
+    if sampling:
+        return model.to(device).eval(), ckpt
     if not ema and "current_model_state" in ckpt:
         model.on_load_checkpoint(ckpt)  # refills weights left out because they reload from files
         model.load_state_dict(ckpt["current_model_state"])
     return model.to(device).eval(), ckpt
+
+
+def _build(cls: type, path: Path, ckpt: dict[str, Any], ema: bool) -> tuple[LightningModule, bool]:
+    """The module of checkpoint ``path`` (class ``cls``), and whether it is already the sampling model
+    of a module that trains another (``load_sampling_model``)."""
+    if hasattr(cls, "load_sampling_model"):
+        return cls.load_sampling_model(ckpt, ema=ema), True
+    return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True), False
 
 
 def _missing_file(exc: BaseException) -> str | None:

@@ -100,5 +100,43 @@ def test_a_missing_file_named_in_the_config_is_one_clear_error(latent_run: Path,
                 "distillation": {"student_config": ckpt["hyper_parameters"]}, "state_dict": {}}
     moved = tmp_path / "moved.ckpt"
     torch.save(ckpt, moved)
-    with pytest.raises(FileNotFoundError, match=r"moved\.ckpt: .*elsewhere/vae\.ckpt.*directory you run from"):
+    with pytest.raises(FileNotFoundError, match=r"moved\.ckpt: .*elsewhere/vae\.ckpt.*directory its run was launched from"):
         load_model(moved)
+
+
+@pytest.mark.parametrize("kind", ["model", "distilled"])
+def test_relative_paths_resolve_against_the_runs_launch_directory(latent_run: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    # a run launched in project/ names its VAE "data/vae.ckpt"; its checkpoint loads from anywhere
+    ckpt = torch.load(latent_run, map_location="cpu", weights_only=True)
+    assert ckpt["launch_dir"] == str(Path.cwd())  # the fit recorded where it ran
+    vae_file = Path(ckpt["hyper_parameters"]["first_stage"]["init_args"]["checkpoint"])
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "vae.ckpt").write_bytes(vae_file.read_bytes())
+    ckpt["hyper_parameters"]["first_stage"]["init_args"]["checkpoint"] = "data/vae.ckpt"
+    ckpt["launch_dir"] = str(project)
+    if kind == "distilled":  # a student of this model, as ProgressiveDistillation saves it
+        from latentvid.models.distillation import build_student, student_config
+
+        config = student_config(ckpt["hyper_parameters"], steps=2)
+        with monkeypatch.context() as m:
+            m.chdir(project)
+            student = build_student(config)
+        weights = {f"student.{k}": v for k, v in student.state_dict().items() if not k.startswith("first_stage.")}
+        ckpt = {"hyper_parameters": {"_class_path": "latentvid.models.distillation.ProgressiveDistillation"},
+                "distillation": {"student_config": config, "student_extras": {}}, "state_dict": weights,
+                "launch_dir": str(project)}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    torch.save(ckpt, elsewhere / "moved.ckpt")
+    monkeypatch.chdir(elsewhere)
+    model, _ = load_model("moved.ckpt")  # a relative checkpoint path, taken before moving to project/
+    assert Path.cwd() == elsewhere
+    reference, _ = load_model(latent_run.absolute() if latent_run.is_absolute() else ROOT / latent_run)
+    for k, v in reference.state_dict().items():
+        if k.startswith("first_stage."):
+            torch.testing.assert_close(model.state_dict()[k], v)  # the VAE came from project/data/vae.ckpt
+    (project / "data" / "vae.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"data/vae\.ckpt.*launch directory .*project"):
+        load_model("moved.ckpt")
