@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from latentvid.data.shapes import HELD_OUT, generate_shapes_dataset  # noqa: E402
+from latentvid.data.shapes import HELD_OUT, TRAVEL_RANGE, generate_shapes_dataset  # noqa: E402
 
 MAX_LISTED = 20  # skipped files listed by name in the report
 
@@ -75,6 +75,7 @@ def _shapes(args: argparse.Namespace) -> int:
         seed=args.seed,
         clips_per_combo=args.clips_per_combo,
         leave_ratio=args.leave_ratio,
+        travel_range=tuple(args.travel_range),
         num_frames=args.frames,
         size=args.size,
         fps=args.fps,
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--leave-ratio", type=float, default=0.0,
                         help="share of each combination's training clips in which the shape may leave the frame "
                              "(extension fine-tunes; configs/i2v.yaml uses 0.5)")
+    shapes.add_argument("--travel-range", type=float, nargs=2, metavar=("LO", "HI"), default=list(TRAVEL_RANGE),
+                        help="training clips' travel over a clip, as fractions of the frame side (a wider range "
+                             "down to slow clips teaches extension of motion that stays in view longer)")
     shapes.add_argument("--images-per-combo", type=int, default=2, help="stills per (colour, shape)")
     shapes.add_argument("--heldout-clips-per-combo", type=int, default=4,
                         help="evaluation clips per held-out combination")

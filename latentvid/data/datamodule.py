@@ -12,7 +12,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from latentvid.data.datasets import ImageTextDataset, VideoTextDataset
 from latentvid.data.sampler import ResumableDataLoader, ResumableSampler, small_data_minimum
 from latentvid.data.sources import check_small_data
-from latentvid.data.shapes import generate_shapes_dataset, read_marker
+from latentvid.data.shapes import TRAVEL_RANGE, check_travel_range, generate_shapes_dataset, read_marker
 
 
 def mixing_weights(num_videos: int, num_images: int, image_ratio: float) -> torch.Tensor:
@@ -50,6 +50,8 @@ class ShapesDataModule(LightningDataModule):
         clips_per_combo: training clips per (colour, shape, direction) when generating.
         leave_ratio: share of those clips in which the shape may leave the frame (generation;
             :func:`latentvid.data.shapes.generate_shapes_dataset`); 0 keeps every shape inside.
+        travel_range: the training clips' travel over a clip, as fractions of the frame side
+            (generation; default ``TRAVEL_RANGE``); lower values add slow clips.
         val_batches: number of validation batches (the first ``val_batches * batch_size``
             held-out clips; the held-out index is ordered so any prefix covers every combo).
         small_data: a training set with fewer samples than ``batch_size`` x ranks: ``"repeat"``
@@ -71,6 +73,7 @@ class ShapesDataModule(LightningDataModule):
         val_batches: int = 1,
         small_data: str = "repeat",
         leave_ratio: float = 0.0,
+        travel_range: tuple[float, float] = TRAVEL_RANGE,
     ) -> None:
         super().__init__()
         if batch_size < 1 or val_batches < 1 or num_workers < 0:
@@ -78,6 +81,7 @@ class ShapesDataModule(LightningDataModule):
         mixing_weights(1, 1, image_ratio)  # validate early
         if not 0.0 <= leave_ratio <= 1.0:  # before training, not when the data is generated
             raise ValueError(f"leave_ratio must be in [0, 1], got {leave_ratio}")
+        travel_range = check_travel_range(travel_range)
         check_small_data(small_data)
         self.save_hyperparameters()
         self.root = root
@@ -90,6 +94,7 @@ class ShapesDataModule(LightningDataModule):
         self.seed = seed
         self.clips_per_combo = clips_per_combo
         self.leave_ratio = leave_ratio
+        self.travel_range = travel_range
         self.val_batches = val_batches
         self.small_data = small_data
         self.train_set: Dataset | None = None
@@ -106,16 +111,19 @@ class ShapesDataModule(LightningDataModule):
                     f"create it with `python tools/prepare_data.py shapes --out {self.root} "
                     f"--size {self.size} --frames {self.num_frames} --seed {self.seed} "
                     f"--clips-per-combo {self.clips_per_combo}"
-                    + (f" --leave-ratio {self.leave_ratio}" if self.leave_ratio else "") + "` or set generate=True"
+                    + (f" --leave-ratio {self.leave_ratio}" if self.leave_ratio else "")
+                    + (" --travel-range {} {}".format(*self.travel_range) if self.travel_range != TRAVEL_RANGE else "")
+                    + "` or set generate=True"
                 )
             generate_shapes_dataset(self.root, seed=self.seed, clips_per_combo=self.clips_per_combo,
-                                    leave_ratio=self.leave_ratio,
+                                    leave_ratio=self.leave_ratio, travel_range=self.travel_range,
                                     num_frames=self.num_frames, size=self.size)
             return
         params = marker.get("params", {})
-        params = {"leave_ratio": 0.0, **params}  # the marker records leave_ratio only when it was used
-        wanted = {"seed": self.seed, "clips_per_combo": self.clips_per_combo,
-                  "num_frames": self.num_frames, "size": self.size, "leave_ratio": self.leave_ratio}
+        # the marker records leave_ratio and travel_range only when they differ from the defaults
+        params = {"leave_ratio": 0.0, **params, "travel_range": tuple(params.get("travel_range", TRAVEL_RANGE))}
+        wanted = {"seed": self.seed, "clips_per_combo": self.clips_per_combo, "num_frames": self.num_frames,
+                  "size": self.size, "leave_ratio": self.leave_ratio, "travel_range": self.travel_range}
         differ = {k: (params.get(k), v) for k, v in wanted.items() if params.get(k) != v}
         if differ:
             rank_zero_warn(f"using existing shapes data in {self.root}; (found, requested) differ: {differ}")

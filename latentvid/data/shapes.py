@@ -175,11 +175,13 @@ def render_clip(
     rng: np.random.Generator | None = None,
     extend_to: int | None = None,
     leave_frame: bool = False,
+    travel_range: tuple[float, float] = TRAVEL_RANGE,
 ) -> np.ndarray:
     """Render one clip as uint8 frames (T, H, W, 3) with T = num_frames, H = W = size.
 
     The shape's radius is drawn from ``RADIUS_RANGE * size``, the total travel over the clip from
-    ``TRAVEL_RANGE * size`` (capped so the shape stays fully inside the frame), the start position
+    ``travel_range * size`` (default ``TRAVEL_RANGE``; capped so the shape stays fully inside the
+    frame), the start position
     uniformly among those that keep every frame inside. The centre moves by the same amount each
     frame ("left": x decreases, "up": y decreases).
 
@@ -197,10 +199,11 @@ def render_clip(
         raise ValueError(f"need num_frames >= 1 and size >= 8, got {num_frames=} {size=}")
     if extend_to is not None and (num_frames < 2 or extend_to <= num_frames):
         raise ValueError(f"extend_to needs num_frames >= 2 and extend_to > num_frames, got {num_frames=} {extend_to=}")
+    check_travel_range(travel_range)
     rng = np.random.default_rng() if rng is None else rng
     r = _sample_radius(size, rng)
     room = size - 2 * r  # range of centre positions that keep the shape inside
-    travel = float(rng.uniform(*TRAVEL_RANGE)) * size
+    travel = float(rng.uniform(*travel_range)) * size
     travel = travel if leave_frame else min(travel, room)
     dx, dy = _MOTION[direction]
     # position along the motion axis, measured in the direction of motion from its start
@@ -219,6 +222,17 @@ def render_clip(
             cx, cy = across, (along if dy > 0 else size - along)
         masks[t] = shape_mask(shape, size, cx, cy, r)
     return _paint(masks, colour)
+
+
+def check_travel_range(travel_range: tuple[float, float]) -> tuple[float, float]:
+    """``(lo, hi)`` as floats if 0 < lo <= hi <= 1 (fractions of the frame side); ValueError naming it otherwise."""
+    try:
+        lo, hi = (float(v) for v in travel_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"travel_range must be two numbers (lo, hi), got {travel_range!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"travel_range must satisfy 0 < lo <= hi <= 1 (fractions of the frame side), got {travel_range!r}")
+    return lo, hi
 
 
 def render_image(
@@ -289,6 +303,7 @@ def generate_shapes_dataset(
     overwrite: bool = False,
     progress: bool = False,
     leave_ratio: float = 0.0,
+    travel_range: tuple[float, float] = TRAVEL_RANGE,
 ) -> dict[str, Any]:
     """Write the shapes data set under ``root`` and return a summary dict.
 
@@ -308,6 +323,10 @@ def generate_shapes_dataset(
     frame (for extension: a model must have seen it to continue a clip that reaches the border). The
     held-out clips and the stills never leave.
 
+    ``travel_range``: the training clips' travel over the clip, as fractions of the frame side (default
+    ``TRAVEL_RANGE``). A wider range down to slow clips teaches a model to extend motion slow enough to
+    stay in view over many more frames. The held-out clips keep ``TRAVEL_RANGE``.
+
     Deterministic from ``seed``. If ``root`` already holds a complete data set made with the same
     parameters it is left alone; with different parameters a ``ValueError`` is raised unless
     ``overwrite`` is set. A folder without the marker (e.g. an interrupted run) is regenerated.
@@ -322,6 +341,7 @@ def generate_shapes_dataset(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not 0.0 <= leave_ratio <= 1.0:
         raise ValueError(f"leave_ratio must be in [0, 1], got {leave_ratio}")
+    travel_range = check_travel_range(travel_range)
     root = Path(root)
     params = {
         "seed": seed, "clips_per_combo": clips_per_combo, "num_frames": num_frames, "size": size,
@@ -331,6 +351,8 @@ def generate_shapes_dataset(
     leaving = round(leave_ratio * clips_per_combo)
     if leave_ratio:  # recorded only when used, so folders made before the option still match
         params["leave_ratio"] = leave_ratio
+    if travel_range != TRAVEL_RANGE:  # likewise
+        params["travel_range"] = list(travel_range)
     existing = read_marker(root)
     if existing is not None and not overwrite:
         if existing.get("params") == params:
@@ -358,8 +380,10 @@ def generate_shapes_dataset(
         key = f"{colour}_{shape}_{direction}_{k:02d}"
         rel = f"{folder}/{key}.mp4"
         stream = 0 if folder == "videos" else 2  # held-out clips draw from their own streams
+        training = folder == "videos"
         frames = render_clip(colour, shape, direction, num_frames, size, _rng(seed, stream, index[combo], k),
-                             leave_frame=folder == "videos" and k < leaving)
+                             leave_frame=training and k < leaving,
+                             travel_range=travel_range if training else TRAVEL_RANGE)
         write_video(root / rel, frames, fps=fps)
         if bar is not None:
             bar.update()

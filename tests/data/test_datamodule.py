@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,25 @@ def test_leave_ratio_reaches_generation_and_a_folder_made_without_it_warns(root:
     absent = ShapesDataModule(root=str(tmp_path / "absent"), generate=False, leave_ratio=0.5)
     with pytest.raises(FileNotFoundError, match="--leave-ratio 0.5"):
         absent.prepare_data()
+
+
+def test_travel_range_reaches_generation_and_a_folder_made_without_it_warns(root: Path, tmp_path: Path) -> None:
+    dm = ShapesDataModule(root=str(tmp_path / "slow"), num_frames=T, size=SIZE, clips_per_combo=1, seed=1,
+                          travel_range=(0.1, 0.5))
+    dm.prepare_data()
+    assert json.loads((tmp_path / "slow" / ".complete").read_text())["params"]["travel_range"] == [0.1, 0.5]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same parameters: used quietly
+        ShapesDataModule(root=str(tmp_path / "slow"), num_frames=T, size=SIZE, clips_per_combo=1, seed=1,
+                         travel_range=(0.1, 0.5)).prepare_data()
+    with pytest.warns(UserWarning, match="travel_range"):
+        ShapesDataModule(root=str(root), num_frames=T, size=SIZE, clips_per_combo=1, seed=1,
+                         travel_range=(0.1, 0.5)).prepare_data()
+    absent = ShapesDataModule(root=str(tmp_path / "absent"), generate=False, travel_range=(0.1, 0.5))
+    with pytest.raises(FileNotFoundError, match="--travel-range 0.1 0.5"):
+        absent.prepare_data()
+    with pytest.raises(ValueError, match="travel_range"):
+        ShapesDataModule(travel_range=(0.5, 0.1))
 
 
 def test_bad_configuration_is_rejected() -> None:

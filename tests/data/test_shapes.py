@@ -24,6 +24,7 @@ from latentvid.data.shapes import (
     render_clip,
     render_image,
     shape_mask,
+    TRAVEL_RANGE,
     video_caption,
 )
 from latentvid.data.video import read_frames
@@ -149,6 +150,25 @@ def test_leave_frame_lets_the_shape_leave_from_a_start_inside() -> None:
         inside = render_clip("blue", "circle", "right", rng=np.random.default_rng(seed))
         assert foreground(inside).sum(axis=(1, 2)).min() >= 0.8 * areas[0]  # without it, never
     assert 8 <= left_frame <= 32  # a fair share, not all: the start is uniform over the frame
+
+
+def _travel(frames: np.ndarray) -> float:
+    """Centroid displacement (pixels) from the first to the last frame of (T, H, W, 3) frames."""
+    masks = foreground(frames)
+    return float(np.linalg.norm(np.argwhere(masks[-1]).mean(0) - np.argwhere(masks[0]).mean(0)))
+
+
+def test_travel_range_sets_the_distance_a_clip_covers() -> None:
+    for seed in range(12):
+        for lo, hi in [(0.1, 0.1), (0.45, 0.45)]:
+            clip = render_clip("red", "square", "down", num_frames=9, rng=np.random.default_rng(seed), travel_range=(lo, hi))
+            assert abs(_travel(clip) - lo * 32) <= 1.0  # whole pixels
+        default = render_clip("red", "square", "down", num_frames=9, rng=np.random.default_rng(seed))
+        np.testing.assert_array_equal(default, render_clip("red", "square", "down", num_frames=9,
+                                                           rng=np.random.default_rng(seed), travel_range=TRAVEL_RANGE))
+    for bad in [(0.0, 0.5), (0.5, 0.3), (0.2, 1.5), ("a", 0.5), (0.3,)]:
+        with pytest.raises(ValueError, match="travel_range"):
+            render_clip("red", "square", "down", travel_range=bad)
 
 
 def test_extend_to_needs_a_longer_clip() -> None:
@@ -289,6 +309,22 @@ def test_leave_ratio_renders_the_first_clips_of_each_combination_leaving(small_r
     assert np.abs(held - read_frames(again / "heldout" / "red_circle_right_00.mp4")).max() <= 8
     with pytest.raises(ValueError, match="leave_ratio"):
         generate_shapes_dataset(tmp_path / "bad", **{**SMALL, "leave_ratio": 1.5})
+
+
+def test_travel_range_slows_the_training_clips_only(small_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "slow"
+    generate_shapes_dataset(root, **{**SMALL, "num_frames": 9, "travel_range": (0.1, 0.15)})
+    assert read_marker(root)["params"]["travel_range"] == [0.1, 0.15]
+    assert "travel_range" not in read_marker(small_root)["params"]  # the default is not recorded
+    for row in _read_jsonl(root / "videos.jsonl"):
+        assert _travel(read_frames(root / row["path"])) <= 0.15 * SMALL["size"] + 1.0
+    for row in _read_jsonl(root / "heldout.jsonl"):  # evaluation clips keep the data's speeds
+        assert _travel(read_frames(root / row["path"])) >= TRAVEL_RANGE[0] * SMALL["size"] - 1.0
+    generate_shapes_dataset(root, **{**SMALL, "num_frames": 9, "travel_range": [0.1, 0.15]})  # same: left alone
+    with pytest.raises(ValueError, match="overwrite"):
+        generate_shapes_dataset(root, **{**SMALL, "num_frames": 9, "travel_range": (0.1, 0.2)})
+    with pytest.raises(ValueError, match="travel_range"):
+        generate_shapes_dataset(tmp_path / "bad", **{**SMALL, "travel_range": (0.6, 0.2)})
 
 
 def test_incomplete_folder_is_regenerated(tmp_path: Path) -> None:
