@@ -9,11 +9,19 @@ w_r on the base checkpoint; the trained frame conditioning of the ``--i2v`` chec
   (:func:`latentvid.metrics.shapes.classify_video`) on each 9-frame stretch of new frames (stride 8)
   against the probe of the input clip (colour, shape, direction, and all three), and at each window
   seam the jump of the shape's centroid between the last kept and the first new frame over the input
-  clip's mean per-frame step (the share of seams at most 1.5x, and the median ratio). The same probe
-  on the clips' true continuations (the motion rendered on at the same step, ``render_clip(...,
-  extend_to=)``) is the first row: at the data's speeds a shape leaves a 32-pixel frame within about
-  16 frames, so no faithful extension reaches 1.0 over 33. The "in view" columns count only the
-  stretches where the true continuation still reads as the input (colour, shape and direction);
+  clip's mean per-frame step (the share of seams at most 1.5x, and the median ratio). Two sets of
+  inputs:
+
+  - ``extend``: clips at the data's speeds. The same probe on their true continuations (the motion
+    rendered on at the same step, ``render_clip(..., extend_to=)``) is the first row: a shape leaves a
+    32-pixel frame within about 16 frames, so no faithful extension reaches 1.0 over 33. The "in view"
+    columns count only the stretches where the true continuation still reads as the input (colour,
+    shape and direction);
+  - ``extend_in_view``: clips slow enough that their motion stays in view for all ``--extend-to``
+    frames (``held_out_inputs(in_view=True)``: the data's travel spread over the whole length), where
+    every stretch of a faithful extension reads as the input. Their steps are under a pixel a frame,
+    so whole-pixel shapes move in uneven one-pixel steps and the seam figure is noisy there even for
+    the truth (its own first row);
 * image-to-video: PSNR of the generated first frame against the given image, beside the VAE's
   reconstruction PSNR of that image (the best a latent model can do); whether the clip moves (probe
   direction not static) and whether it moves the caption's way;
@@ -48,15 +56,24 @@ ATTRIBUTES = ("colour", "shape", "direction")
 SEAM_LIMIT = 1.5  # the issue's bound on a seam's jump, in in-clip per-frame steps
 
 
-def held_out_inputs(n: int, seed: int, frames: int = 9, size: int = 32, extend_to: int | None = None
-                    ) -> tuple[list[str], Tensor]:
+def held_out_inputs(n: int, seed: int, frames: int = 9, size: int = 32, extend_to: int | None = None,
+                    in_view: bool = False) -> tuple[list[str], Tensor]:
     """n captions and clips (n, 3, frames, size, size) in [-1, 1]: held-out combination i % 6, seed + i.
     With ``extend_to`` the clips come with their motion continued, (n, 3, extend_to, size, size): their
-    first ``frames`` frames are the clips (``render_clip(..., extend_to=)``)."""
+    first ``frames`` frames are the clips (``render_clip(..., extend_to=)``). ``in_view`` (needs
+    ``extend_to``): clips whose motion stays in view for all ``extend_to`` frames, i.e. ``extend_to``-frame
+    clips at the data's travel (``TRAVEL_RANGE`` over the whole length, so ``extend_to / frames`` times
+    slower than the data's ``frames``-frame clips)."""
+    if in_view and extend_to is None:
+        raise ValueError("in_view needs extend_to")
     combos = [HELD_OUT[i % len(HELD_OUT)] for i in range(n)]
-    clips = [from_uint8(render_clip(*c, num_frames=frames, size=size, rng=np.random.default_rng(seed + i),
-                                    extend_to=extend_to))
-             for i, c in enumerate(combos)]
+
+    def render(c: tuple[str, str, str], rng: np.random.Generator) -> np.ndarray:
+        if in_view:
+            return render_clip(*c, num_frames=extend_to, size=size, rng=rng)
+        return render_clip(*c, num_frames=frames, size=size, rng=rng, extend_to=extend_to)
+
+    clips = [from_uint8(render(c, np.random.default_rng(seed + i))) for i, c in enumerate(combos)]
     return [video_caption(*c) for c in combos], torch.stack(clips)
 
 
@@ -152,18 +169,24 @@ def batched(fn, n: int, batch: int, *tensors: Tensor, captions: list[str]) -> Te
     return torch.cat(out)
 
 
-def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions: list[str], clips: Tensor,
-               args: argparse.Namespace, truth: Tensor | None = None) -> dict:
-    """Every task with one model and method; a fresh generator per task from ``--seed``."""
+def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions: list[str],
+               inputs: dict[str, tuple[Tensor, Tensor]], args: argparse.Namespace) -> dict:
+    """Every task with one model and method; a fresh generator per task from ``--seed``. ``inputs``: per
+    extension task, the input clips (n, 3, window, H, W) and their true continuations; image-to-video and
+    interpolation take the "extend" clips (the data's speeds)."""
     n, row = len(captions), {"method": name}
     window = args.window
-    if "extend" in tasks:
+    for task in ("extend", "extend_in_view"):
+        if task not in tasks:
+            continue
         t = time.perf_counter()
         g = torch.Generator().manual_seed(args.seed)
+        clips, truth = inputs[task]
         videos = batched(lambda c, x: extend_video(model, x, c, args.extend_to, window, args.overlap, opts, g),
                          n, args.batch, clips, captions=captions)
         overlap = args.overlap or default_overlap(model, window)
-        row["extend"] = {**extension_scores(videos, clips, window, overlap, truth), "seconds": time.perf_counter() - t}
+        row[task] = {**extension_scores(videos, clips, window, overlap, truth), "seconds": time.perf_counter() - t}
+    clips = inputs["extend"][0]
     if "i2v" in tasks:
         t = time.perf_counter()
         g = torch.Generator().manual_seed(args.seed + 1)
@@ -184,19 +207,24 @@ def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions:
 
 
 def table(rows: list[dict]) -> str:
+    """One line per method: extension at the data's speeds (in view: the stretches whose true continuation
+    reads as the input), extension of clips that stay in view, image-to-video, interpolation."""
     head = (f"{'method':>16s} | {'ext all':>7s} {'colour':>6s} {'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} "
-            f"{'seam med':>8s} {'in view: all':>12s} {'dir':>5s} {'n':>4s} | {'i2v 1st':>7s} {'VAE':>6s} {'diff':>6s} {'moves':>5s} {'dir':>5s} | "
-            f"{'interp':>6s} {'linear':>6s} {'wins':>5s}")
+            f"{'seam med':>8s} {'in view: all':>12s} {'dir':>5s} {'n':>4s} | {'stay: all':>9s} {'colour':>6s} "
+            f"{'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} | {'i2v 1st':>7s} {'VAE':>6s} {'diff':>6s} {'moves':>5s} "
+            f"{'dir':>5s} | {'interp':>6s} {'linear':>6s} {'wins':>5s}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        e, i, p = r.get("extend"), r.get("i2v"), r.get("interp")
+        e, v, i, p = r.get("extend"), r.get("extend_in_view"), r.get("i2v"), r.get("interp")
         ext = (f"{e['probe_all']:7.2f} {e['probe_colour']:6.2f} {e['probe_shape']:6.2f} {e['probe_direction']:5.2f} "
                f"{e['seam_within']:9.2f} {e['seam_median']:8.2f} {e.get('in_view_all', float('nan')):12.2f} "
                f"{e.get('in_view_direction', float('nan')):5.2f} {e.get('in_view_stretches', 0):4d}" if e else " " * 71)
+        stay = (f"{v['probe_all']:9.2f} {v['probe_colour']:6.2f} {v['probe_shape']:6.2f} {v['probe_direction']:5.2f} "
+                f"{v['seam_within']:9.2f}" if v else " " * 39)
         im = (f"{i['first_psnr']:7.2f} {i['vae_psnr']:6.2f} {i['first_minus_vae']:6.2f} {i['moves']:5.2f} "
               f"{i['direction']:5.2f}" if i else " " * 33)
         it = f"{p['psnr']:6.2f} {p['linear_psnr']:6.2f} {p['beats_linear']:5.2f}" if p else ""
-        lines.append(f"{r['method']:>16s} | {ext} | {im} | {it}")
+        lines.append(f"{r['method']:>16s} | {ext} | {stay} | {im} | {it}")
     return "\n".join(lines)
 
 
@@ -207,7 +235,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--i2v", help="frame-conditioned checkpoint (configs/i2v.yaml): the trained conditioning")
     p.add_argument("--samples", type=int, default=48, help="held-out clips (combination i %% 6, seed + i)")
     p.add_argument("--seed", type=int, default=1000, help="first clip seed and the samplers' seed (fresh: not 0..)")
-    p.add_argument("--tasks", default="extend,i2v,interp", help="comma-separated: extend, i2v, interp")
+    p.add_argument("--tasks", default="extend,extend_in_view,i2v,interp",
+                   help="comma-separated: extend (inputs at the data's speeds), extend_in_view (inputs slow enough to "
+                        "stay in view over --extend-to frames), i2v, interp")
     p.add_argument("--weights", default="1,5", help="w_r values of reconstruction guidance (comma-separated)")
     p.add_argument("--no-replacement", dest="replacement", action="store_false")
     p.add_argument("--steps", type=int, default=20, help="sampler steps")
@@ -226,10 +256,13 @@ def main(argv: list[str] | None = None) -> dict:
     from latentvid.pipelines.loading import load_model
 
     tasks = [t for t in args.tasks.split(",") if t]
-    if not set(tasks) <= {"extend", "i2v", "interp"}:
-        p.error(f"--tasks must be among extend, i2v, interp; got {args.tasks}")
-    captions, truth = held_out_inputs(args.samples, args.seed, args.window, args.size, extend_to=args.extend_to)
-    clips = truth[:, :, :args.window]  # the inputs: the true continuations' first frames
+    if not set(tasks) <= {"extend", "extend_in_view", "i2v", "interp"}:
+        p.error(f"--tasks must be among extend, extend_in_view, i2v, interp; got {args.tasks}")
+    inputs = {}  # the inputs are the true continuations' first frames
+    for task in ("extend", "extend_in_view"):
+        captions, truth = held_out_inputs(args.samples, args.seed, args.window, args.size, extend_to=args.extend_to,
+                                          in_view=task == "extend_in_view")
+        inputs[task] = (truth[:, :, :args.window], truth)
     base, _ = load_model(args.base, args.device)
     methods = []
     if args.replacement:
@@ -241,14 +274,18 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "held_out": [list(c) for c in HELD_OUT], "rows": rows}
-    if "extend" in tasks:  # the ceiling of the extension scores: the clips' own continuations
-        overlap = args.overlap or default_overlap(base, args.window)
-        rows.append({"method": "true continuation", "extend": {**extension_scores(truth, clips, args.window, overlap, truth),
-                                                               "seconds": 0.0}})
+    overlap = args.overlap or default_overlap(base, args.window)
+    truth_row = {"method": "true continuation"}  # the ceiling of the extension scores: the clips' own continuations
+    for task in ("extend", "extend_in_view"):
+        if task in tasks:
+            clips, truth = inputs[task]
+            truth_row[task] = {**extension_scores(truth, clips, args.window, overlap, truth), "seconds": 0.0}
+    if len(truth_row) > 1:
+        rows.append(truth_row)
     for name, model, method, weight in methods:
         opts = FrameOptions(method=method, weight=weight, steps=args.steps, sampler=args.sampler,
                             guidance=args.guidance)
-        rows.append(run_method(name, model, opts, tasks, captions, clips, args, truth))
+        rows.append(run_method(name, model, opts, tasks, captions, inputs, args))
         print(f"[{name}] done: " + ", ".join(f"{t} {rows[-1][t]['seconds']:.0f} s" for t in tasks), flush=True)
         if args.out:  # after every method: a long run stopped early keeps what it measured
             args.out.parent.mkdir(parents=True, exist_ok=True)

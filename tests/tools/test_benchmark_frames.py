@@ -42,6 +42,16 @@ def test_scores_of_true_clips(load_script):
     stopped = truth.clone()
     stopped[:, :, 9:] = truth[:, :, 8:9]
     assert bench.extension_scores(stopped, truth[:, :, :9], 9, 5, truth)["in_view_direction"] < 1.0
+    # inputs that stay in view: every stretch of their continuation reads as the input, seams step on
+    captions, slow = bench.held_out_inputs(12, 1000, 9, 32, extend_to=33, in_view=True)
+    assert slow.shape == (12, 3, 33, 32, 32)
+    fast = bench.held_out_inputs(12, 1000, 9, 32)[1]
+    assert bench.mean_step(slow[0, :, :9]) < 0.3 * bench.mean_step(fast[0])  # the same draws over 32 steps, not 8
+    stay = bench.extension_scores(slow, slow[:, :, :9], 9, 5, slow)
+    assert stay["probe_all"] == 1.0 and stay["in_view_stretches"] == 12 * 3
+    assert 0.75 < stay["seam_median"] < 1.3 and stay["seam_within"] >= 0.75  # sub-pixel steps: noisy, not broken
+    with pytest.raises(ValueError, match="in_view"):
+        bench.held_out_inputs(2, 0, in_view=True)
     interp = bench.interpolation_scores(long[:, :, :9], long[:, :, :9])
     assert interp["beats_linear"] == 1.0 and interp["psnr"] > interp["linear_psnr"]
     images = long[:, :, 0]
@@ -63,7 +73,8 @@ def test_tiny_frames_run(tmp_path: Path, load_script):
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     assert [r["method"] for r in result["rows"]] == ["true continuation", "replacement", "guidance w_r=3", "trained"]
     for row in result["rows"]:
-        assert 0.0 <= row["extend"]["probe_all"] <= 1.0 and len(row["extend"]["seams"]) == 2
+        for task in ("extend", "extend_in_view"):
+            assert 0.0 <= row[task]["probe_all"] <= 1.0 and len(row[task]["seams"]) == 2
         if row["method"] == "true continuation":
             continue
         assert len(row["i2v"]["first_psnr_per_sample"]) == 2 and row["i2v"]["vae_psnr"] > 15.0
