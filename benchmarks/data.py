@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -37,6 +36,7 @@ from latentvid.data.folder import VideoFolder
 from latentvid.data.shards import ShardWriter, VideoShards
 from latentvid.data.stream import Batched, SampleStream, keep_batch
 from latentvid.data.video import write_video
+from latentvid.files import write_json_atomic
 
 
 def _shape(text: str, parts: int) -> tuple[int, ...]:
@@ -124,13 +124,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(1)  # one thread per process: the workers are the parallelism
@@ -174,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.batch_size, "threads": args.threads, "rows": rows,
         "baseline_repeat": {**repeat, "ratio": repeat["clips_per_s"] / base},
     }
-    write_json(args.out, report)
+    write_json_atomic(args.out, report)
     print(f"wrote {args.out}")
     return report
 

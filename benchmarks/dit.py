@@ -10,7 +10,6 @@ no grad). Prints a table and ratios (ours / diffusers); ``--out`` writes the JSO
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from latentvid.nn.dit import DiT3D  # noqa: E402
+from latentvid.files import write_json_atomic  # noqa: E402
 
 # Wan 2.1 T2V 1.3B: 30 layers, 12 heads of 128 (dim 1536), FFN 8960, umT5 text (4096), 16 latent channels
 WAN_1_3B = dict(num_layers=30, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
@@ -164,8 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['sample_step_s']:9.4f}")
     print("ours / diffusers: " + ", ".join(f"{k} {v:.2f}" for k, v in report["ratios"].items() if v is not None))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+        write_json_atomic(args.out, report)
     return report
 
 

@@ -34,7 +34,6 @@ Prints one table and writes everything (per-sample values included) to ``--out``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from latentvid.data.shapes import HELD_OUT, render_clip, video_caption  # noqa: E402
 from latentvid.data.video import from_uint8  # noqa: E402
+from latentvid.files import write_json_atomic  # noqa: E402
 from latentvid.metrics.shapes import classify_video, foreground_mask  # noqa: E402
 from latentvid.pipelines.frames import (  # noqa: E402
     FrameOptions, default_overlap, extend_video, image_to_video, interpolate_video)
@@ -288,8 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(run_method(name, model, opts, tasks, captions, inputs, args))
         print(f"[{name}] done: " + ", ".join(f"{t} {rows[-1][t]['seconds']:.0f} s" for t in tasks), flush=True)
         if args.out:  # after every method: a long run stopped early keeps what it measured
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=1))
+            write_json_atomic(args.out, result, indent=1)
     print(table(rows))
     return result
 

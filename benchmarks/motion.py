@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import time
@@ -50,6 +49,7 @@ from latentvid.data.shapes import (  # noqa: E402
 from latentvid.data.video import from_uint8  # noqa: E402
 from latentvid.diffusion import alpha_sigma, diffuse, masked_mse, snr_loss_weight, training_target  # noqa: E402
 from latentvid.evaluation import probe_scores  # noqa: E402
+from latentvid.files import write_json_atomic  # noqa: E402
 from latentvid.metrics.shapes import classify_video  # noqa: E402
 
 VOCAB = tuple(COLOURS) + SHAPES + DIRECTIONS
@@ -326,8 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.save:
         torch.save(ema.unet.state_dict(), args.save)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(args.out, result)
     return result
 
 

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from latentvid.callbacks.checkpoint_io import AtomicCheckpointIO
 from latentvid.cli import DEFAULT_CALLBACKS
 from latentvid.conditioning.text import OpenCLIPTextEncoder
 from latentvid.data.sampler import ResumableDataLoader, ResumableSampler
+from latentvid.files import write_json_atomic
 from latentvid.models.latent_diffusion import LatentDiffusion
 from latentvid.nn.unet3d import UNet3D
 
@@ -142,6 +142,5 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"step_seconds": step, "save_seconds": saves, "args": vars(args), "cpus": os.cpu_count(),
               "load_avg": os.getloadavg(), "machine": platform.machine(), "torch": torch.__version__}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_json_atomic(args.out, result)
     return result

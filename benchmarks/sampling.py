@@ -20,7 +20,6 @@ and decoding, measured in this run, and the ratio to the first ``--row``). ``--o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from latentvid.data.shapes import HELD_OUT, video_caption  # noqa: E402
 from latentvid.evaluation import probe_scores  # noqa: E402
 from latentvid.evaluation.sampling import clip_shape, sample_videos  # noqa: E402
+from latentvid.files import write_json_atomic  # noqa: E402
 from latentvid.pipelines.loading import load_model  # noqa: E402
 
 
@@ -130,11 +130,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{mse:>10s} {r['passes_per_video']:6d} {r['seconds_per_video']:8.3f} "
               f"{base / r['seconds_per_video']:7.1f}x")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "videos": len(captions),
-                                   "rows": rows}, indent=1))
-        tmp.replace(args.out)
+        write_json_atomic(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "videos": len(captions),
+                                     "rows": rows}, indent=1)
         print(f"wrote {args.out}")
 
 

@@ -33,9 +33,7 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
-import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -53,6 +51,7 @@ from latentvid.diffusion import CosineSchedule, classifier_free_guidance, cosine
 from latentvid.diffusion import alpha_sigma, sample_ddim
 from latentvid.nn.layers import FrameGroupNorm
 from latentvid.nn.unet3d import UNet3D
+from latentvid.files import write_json_atomic
 
 # diffusers' UNet3DConditionModel arguments of damo-vilab/text-to-video-ms-1.7b (unet/config.json)
 MODELSCOPE = dict(
@@ -545,14 +544,6 @@ def print_table(report: dict, out=sys.stdout) -> None:
             print(f"  {variant:18s} {p['total_ms']:8.1f} ms ({p['timer']}): {shares}", file=out)
 
 
-def write_json(path: Path, report: dict) -> None:
-    """Atomic write: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -648,7 +639,7 @@ def main(argv: list[str] | None = None) -> dict:
     def save() -> None:
         """Rewrite the JSON after every measurement: a run cut short keeps what it measured."""
         report["summary"] = summarise(report)
-        write_json(args.out, report)
+        write_json_atomic(args.out, report, default=str)
 
     kinds = list(dict.fromkeys(VARIANTS[v][0] for v in variants))  # networks in the order first named
     plan = [(v, b) for kind in kinds for v in variants if VARIANTS[v][0] == kind for b in args.batch_sizes]

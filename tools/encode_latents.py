@@ -32,15 +32,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from latentvid.files import atomic_path, write_text_atomic  # noqa: E402
 
 DEFAULT_INDEXES = ("videos.jsonl", "images.jsonl")
 
@@ -76,20 +76,8 @@ def file_name(key: str) -> str:
 
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def load_first_stage(source: str) -> Any:
@@ -195,10 +183,10 @@ def start_out(out: Path, meta: dict[str, Any], data: Path | None, overwrite: boo
             meta["indexes"] = [*old.get("indexes", []),
                                *(n for n in meta["indexes"] if n not in old.get("indexes", []))]
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     prompts = data / "eval_prompts.txt" if data is not None else None
     if prompts is not None and prompts.is_file():
-        atomic_write_text(out / "eval_prompts.txt", prompts.read_text(encoding="utf-8"))
+        write_text_atomic(out / "eval_prompts.txt", prompts.read_text(encoding="utf-8"))
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -282,11 +270,11 @@ def encode_folder(args: argparse.Namespace) -> dict[str, Any]:
                     "image": is_image,
                     "source": name,
                 }
-            atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
+            write_text_atomic(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
             bar.update(len(batch["key"]))
     bar.close()
     if not index_path.is_file():  # nothing to encode and no index yet (e.g. empty todo)
-        atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
+        write_text_atomic(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
     return {"encoded": total, "skipped": skipped, "samples": len(rows), "out": str(out), **meta}
 
 
@@ -385,7 +373,7 @@ def encode_buckets(args: argparse.Namespace) -> dict[str, Any]:
                 "frame_mask": frame_mask[j].tolist(), "latent_mask": lmask[j].tolist(), "image": still,
                 "source": name, "bucket": buckets[k].name,
             }
-        atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
+        write_text_atomic(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
         counts["encoded"] += len(items)
         bar.update(len(items))
 
@@ -428,7 +416,7 @@ def encode_buckets(args: argparse.Namespace) -> dict[str, Any]:
             flush(k)
     bar.close()
     if not index_path.is_file():  # nothing to encode and no index yet
-        atomic_write_text(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
+        write_text_atomic(index_path, "".join(json.dumps(r) + "\n" for r in rows.values()))
     per_bucket = {b.name: 0 for b in buckets}
     for row in rows.values():
         per_bucket[row.get("bucket", "?")] = per_bucket.get(row.get("bucket", "?"), 0) + 1

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from latentvid.files import write_text_atomic
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
@@ -256,18 +257,6 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, *stream])
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
@@ -405,10 +394,10 @@ def generate_shapes_dataset(
     if bar is not None:
         bar.close()
 
-    _write_text_atomic(root / "videos.jsonl", _jsonl(videos))
-    _write_text_atomic(root / "images.jsonl", _jsonl(images))
-    _write_text_atomic(root / "heldout.jsonl", _jsonl(heldout))
-    _write_text_atomic(root / "eval_prompts.txt", "".join(p + "\n" for p in eval_prompts()))
+    write_text_atomic(root / "videos.jsonl", _jsonl(videos))
+    write_text_atomic(root / "images.jsonl", _jsonl(images))
+    write_text_atomic(root / "heldout.jsonl", _jsonl(heldout))
+    write_text_atomic(root / "eval_prompts.txt", "".join(p + "\n" for p in eval_prompts()))
 
     # drop files left by an earlier run with other parameters (only our own kinds of file)
     keep = {row["path"] for row in videos + heldout + images}
@@ -425,5 +414,5 @@ def generate_shapes_dataset(
         "num_heldout": len(heldout),
         "num_bytes": sum(f.stat().st_size for f in files),
     }
-    _write_text_atomic(root / COMPLETE_MARKER, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(root / COMPLETE_MARKER, json.dumps(summary, indent=2) + "\n")
     return summary

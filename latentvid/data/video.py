@@ -10,9 +10,6 @@ between the two.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from latentvid.data.readers import DecordReader, unpad_rows
+from latentvid.files import atomic_path
 
 _CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
 
@@ -176,21 +174,6 @@ def read_image(path: str | os.PathLike, size: Size = None) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; move it into place only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_video(
     path: str | os.PathLike,
     video: torch.Tensor | np.ndarray,
@@ -218,7 +201,7 @@ def write_video(
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     rate = Fraction(fps).limit_denominator(1001)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         with av.open(tmp, mode="w", format=container_format) as container:
             stream = container.add_stream("libx264", rate=rate)
             stream.height, stream.width = frames.shape[1:3]
@@ -246,5 +229,5 @@ def write_png(path: str | os.PathLike, image: torch.Tensor | np.ndarray) -> None
         image = to_uint8(image[:, None])[0]  # (C, 1, H, W) -> (H, W, C)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"uint8 image must be (H, W, 3), got {image.shape} for {path}")
-    with _atomic_path(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")

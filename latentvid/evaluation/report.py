@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from latentvid.files import write_json_atomic
 
 
 def json_safe(value: Any) -> Any:
@@ -31,7 +32,4 @@ def format_table(metrics: dict[str, dict[str, Any]]) -> str:
 
 def write_report(report: dict[str, Any], out: str | Path) -> Path:
     """Write ``report`` as strict JSON (see :func:`json_safe`) to ``out``, creating its folder -> the path."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
-    return path
+    return write_json_atomic(out, json_safe(report), allow_nan=False, default=str)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latentvid.evaluation.inputs import Batch
+from latentvid.files import write_text_atomic
 
 if TYPE_CHECKING:  # heavy imports stay lazy, so the tools' --help and input errors are quick
     import torch
@@ -131,7 +132,7 @@ def sample_batches(
             paths.append(path)
         yield Batch(videos, list(batch_captions), names, paths, seeds)
     if out is not None:  # lets `--generated DIR` re-score exactly these captions
-        (out / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in index_rows), encoding="utf-8")
+        write_text_atomic(out / "captions.jsonl", "".join(json.dumps(r) + "\n" for r in index_rows))
 
 
 def sample_videos(model: LatentDiffusion, captions: list[str], shape: tuple[int, int, int], seed: int = 0,

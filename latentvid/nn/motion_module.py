@@ -17,13 +17,13 @@ The file's metadata (safetensors string metadata) records:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from latentvid.files import atomic_path
 
 FORMAT = "latentvid.motion_module"
 FORMAT_VERSION = "1"
@@ -57,15 +57,8 @@ def save_motion_module(model: nn.Module, path: str | Path, dtype: torch.dtype | 
         "image_model": str(getattr(model, "pretrained", "")),
     }
     out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:  # readers never see a half-written file
         save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, out)  # readers never see a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

@@ -1,0 +1,48 @@
+"""Atomic file writes: a file appears whole or not at all.
+
+A crash, a ``kill -9`` or a reader in another process never sees half a video, index or report: each
+is written to a hidden temporary file beside its target and renamed over it only when complete.
+(Checkpoints have their own streaming writer, :mod:`latentvid.callbacks.checkpoint_io`.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic"]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[str]:
+    """Yield a temporary path beside ``path`` (its folder created); the file written there replaces
+    ``path`` only if the block succeeds and is removed otherwise. ``keep_suffix``: the temporary name
+    ends in ``path``'s suffix, for writers that choose the format by it (video containers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=f".tmp{path.suffix}" if keep_suffix else ".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically -> the path."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2, **dumps: Any) -> Path:
+    """Write ``obj`` as JSON (``json.dumps(obj, indent=indent, **dumps)`` and a newline) atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, **dumps) + "\n")
