@@ -13,7 +13,6 @@ eta = 0, per sample; ``tests/models/test_distillation.py`` holds the two equal.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from latentvid.diffusion.parameterization import Target, _b, eps_from_x0, snr_loss_weight, training_target
