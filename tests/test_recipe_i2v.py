@@ -17,8 +17,10 @@ def test_i2v_fine_tunes_the_base_network_with_frame_conditioning():
     assert same(i2v["unet"]) == same(base["unet"]) and i2v["unet"]["class_path"] == base["unet"]["class_path"]
     assert i2v["first_stage"] == base["first_stage"] and i2v["text_encoder"] == base["text_encoder"]
     assert sum(i2v["frame_masks"][k] for k in MASK_KINDS) == pytest.approx(1.0)
-    # the base's data, in its own folder, with half the clips letting the shape leave the frame (extension)
+    # the base's data, in its own folder (a folder of other parameters would be used with a warning), every
+    # clip free to let the shape leave the frame (extension)
     base_data, i2v_data = resolved("base.yaml")["data"], resolved("base.yaml", "i2v.yaml")["data"]
-    assert i2v_data["init_args"]["leave_ratio"] == 0.5 and i2v_data["init_args"]["root"] != base_data["init_args"]["root"]
+    assert i2v_data["init_args"]["leave_ratio"] == 1.0 and i2v_data["init_args"]["root"] != base_data["init_args"]["root"]
     rest = lambda d: {k: v for k, v in d["init_args"].items() if k not in ("root", "leave_ratio")}  # noqa: E731
     assert rest(i2v_data) == rest(base_data) and i2v_data["class_path"] == base_data["class_path"]
+    assert i2v_data["init_args"]["root"] != "data/shapes-leave"  # made by the earlier recipe with leave_ratio 0.5

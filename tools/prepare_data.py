@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training clips per (colour, shape, direction)")
     shapes.add_argument("--leave-ratio", type=float, default=0.0,
                         help="share of each combination's training clips in which the shape may leave the frame "
-                             "(extension fine-tunes; configs/i2v.yaml uses 0.5)")
+                             "(extension fine-tunes; configs/i2v.yaml uses 1.0)")
     shapes.add_argument("--travel-range", type=float, nargs=2, metavar=("LO", "HI"), default=list(TRAVEL_RANGE),
                         help="training clips' travel over a clip, as fractions of the frame side (a wider range "
                              "down to slow clips teaches extension of motion that stays in view longer)")
