@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from latentvid.data.shapes import HELD_OUT, render_clip, video_caption  # noqa: E402
 from latentvid.data.video import from_uint8  # noqa: E402
+from latentvid.evaluation.figures import write_frame_grid  # noqa: E402
 from latentvid.files import write_json_atomic  # noqa: E402
 from latentvid.metrics.shapes import classify_video, foreground_mask  # noqa: E402
 from latentvid.pipelines.frames import (  # noqa: E402
@@ -54,6 +55,7 @@ from latentvid.pipelines.frames import (  # noqa: E402
 
 ATTRIBUTES = ("colour", "shape", "direction")
 SEAM_LIMIT = 1.5  # the issue's bound on a seam's jump, in in-clip per-frame steps
+GRID_CLIPS = 3  # clips per extension input set in --grid
 
 
 def held_out_inputs(n: int, seed: int, frames: int = 9, size: int = 32, extend_to: int | None = None,
@@ -170,10 +172,12 @@ def batched(fn, n: int, batch: int, *tensors: Tensor, captions: list[str]) -> Te
 
 
 def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions: list[str],
-               inputs: dict[str, tuple[Tensor, Tensor]], args: argparse.Namespace) -> dict:
+               inputs: dict[str, tuple[Tensor, Tensor]], args: argparse.Namespace,
+               keep: dict[str, Tensor] | None = None) -> dict:
     """Every task with one model and method; a fresh generator per task from ``--seed``. ``inputs``: per
     extension task, the input clips (n, 3, window, H, W) and their true continuations; image-to-video and
-    interpolation take the "extend" clips (the data's speeds)."""
+    interpolation take the "extend" clips (the data's speeds). ``keep``: filled with each extension task's
+    first ``GRID_CLIPS`` videos (for ``--grid``)."""
     n, row = len(captions), {"method": name}
     window = args.window
     for task in ("extend", "extend_in_view"):
@@ -186,6 +190,8 @@ def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions:
                          n, args.batch, clips, captions=captions)
         overlap = args.overlap or default_overlap(model, window)
         row[task] = {**extension_scores(videos, clips, window, overlap, truth), "seconds": time.perf_counter() - t}
+        if keep is not None:
+            keep[task] = videos[:GRID_CLIPS]
     clips = inputs["extend"][0]
     if "i2v" in tasks:
         t = time.perf_counter()
@@ -251,6 +257,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, help="write the results here (JSON)")
+    p.add_argument("--grid", type=Path, metavar="PNG",
+                   help=f"frame grid of the first {GRID_CLIPS} clips of each extension input set (every other frame): "
+                        "per clip its true continuation, then each method's extension in the table's order")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from latentvid.pipelines.loading import load_model
@@ -272,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         i2v, _ = load_model(args.i2v, args.device)
         methods.append(("trained", i2v, "trained", 1.0))
     rows = []
+    kept: dict[str, dict[str, Tensor]] = {}  # method -> task -> its first extensions (--grid)
     result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "held_out": [list(c) for c in HELD_OUT], "rows": rows}
     overlap = args.overlap or default_overlap(base, args.window)
@@ -285,11 +295,18 @@ def main(argv: list[str] | None = None) -> dict:
     for name, model, method, weight in methods:
         opts = FrameOptions(method=method, weight=weight, steps=args.steps, sampler=args.sampler,
                             guidance=args.guidance)
-        rows.append(run_method(name, model, opts, tasks, captions, inputs, args))
+        rows.append(run_method(name, model, opts, tasks, captions, inputs, args, keep=kept.setdefault(name, {})))
         print(f"[{name}] done: " + ", ".join(f"{t} {rows[-1][t]['seconds']:.0f} s" for t in tasks), flush=True)
         if args.out:  # after every method: a long run stopped early keeps what it measured
             write_json_atomic(args.out, result, indent=1)
     print(table(rows))
+    if args.grid:
+        grid = [v for task in ("extend", "extend_in_view") if task in tasks
+                for i in range(min(GRID_CLIPS, len(captions)))
+                for v in [inputs[task][1][i], *(kept[name][task][i] for name, *_ in methods)]]
+        if grid:
+            write_frame_grid(torch.stack(grid)[:, :, ::2], args.grid)
+            print(f"wrote {args.grid}")
     return result
 
 

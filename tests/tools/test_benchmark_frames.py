@@ -69,8 +69,13 @@ def test_tiny_frames_run(tmp_path: Path, load_script):
               tmp_path / "i2v.yaml")
     out = tmp_path / "frames.json"
     result = bench.main(["--base", str(base), "--i2v", str(i2v), "--samples", "2", "--steps", "2", "--weights", "3",
-                         "--extend-to", "17", "--batch", "2", "--threads", "1", "--out", str(out)])
+                         "--extend-to", "17", "--batch", "2", "--threads", "1", "--out", str(out),
+                         "--grid", str(tmp_path / "grid.png")])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    from PIL import Image
+
+    # 2 input sets x 2 clips x (the truth + 3 methods) rows of 9 frames (every other of 17), 32 px at scale 2
+    assert Image.open(tmp_path / "grid.png").size == (9 * 66 - 2, 16 * 66 - 2)
     assert [r["method"] for r in result["rows"]] == ["true continuation", "replacement", "guidance w_r=3", "trained"]
     for row in result["rows"]:
         for task in ("extend", "extend_in_view"):
