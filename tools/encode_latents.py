@@ -74,12 +74,6 @@ def file_name(key: str) -> str:
     return safe
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see a partial file."""
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def load_first_stage(source: str) -> Any:
     """``--vae`` -> a frozen FirstStage: an AutoencoderModule checkpoint file or a diffusers folder."""
     path = Path(source).expanduser()
@@ -261,7 +255,8 @@ def encode_folder(args: argparse.Namespace) -> dict[str, Any]:
             for j, key in enumerate(batch["key"]):
                 rel = f"latents/{file_name(key)}.pt"
                 z = latents[j].clone()  # (C, t, h, w); clone so the file holds this sample only
-                atomic_write_bytes(out / rel, lambda tmp, z=z: torch.save(z, tmp))
+                with atomic_path(out / rel) as tmp:  # readers never see a partial file
+                    torch.save(z, tmp)
                 fmask = batch["frame_mask"][j]
                 rows[key] = {
                     "key": key, "path": rel, "caption": batch["caption"][j], "fps": float(batch["fps"][j]),
@@ -366,7 +361,8 @@ def encode_buckets(args: argparse.Namespace) -> dict[str, Any]:
         for j, (item, name, still) in enumerate(items):
             key, rel = item["key"], f"latents/{file_name(item['key'])}.pt"
             z = latents[j].clone()  # (C, t, h, w); clone so the file holds this sample only
-            atomic_write_bytes(out / rel, lambda tmp, z=z: torch.save(z, tmp))
+            with atomic_path(out / rel) as tmp:
+                torch.save(z, tmp)
             rows[key] = {
                 "key": key, "path": rel, "caption": item["caption"], "fps": float(item["fps"]),
                 "num_frames": int(frame_mask[j].sum()), "latent_shape": list(z.shape),

@@ -12,7 +12,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from latentvid.data.datasets import ImageTextDataset, VideoTextDataset
 from latentvid.data.sampler import ResumableDataLoader, ResumableSampler, small_data_minimum
 from latentvid.data.sources import check_small_data
-from latentvid.data.shapes import TRAVEL_RANGE, check_travel_range, generate_shapes_dataset, read_marker
+from latentvid.data.shapes import (TRAVEL_RANGE, check_leave_ratio, check_travel_range, generate_shapes_dataset,
+                                   read_marker)
 
 
 def mixing_weights(num_videos: int, num_images: int, image_ratio: float) -> torch.Tensor:
@@ -79,8 +80,7 @@ class ShapesDataModule(LightningDataModule):
         if batch_size < 1 or val_batches < 1 or num_workers < 0:
             raise ValueError(f"invalid {batch_size=} {val_batches=} {num_workers=}")
         mixing_weights(1, 1, image_ratio)  # validate early
-        if not 0.0 <= leave_ratio <= 1.0:  # before training, not when the data is generated
-            raise ValueError(f"leave_ratio must be in [0, 1], got {leave_ratio}")
+        check_leave_ratio(leave_ratio)  # before training, not only when the data is generated
         travel_range = check_travel_range(travel_range)
         check_small_data(small_data)
         self.save_hyperparameters()

@@ -225,6 +225,13 @@ def render_clip(
     return _paint(masks, colour)
 
 
+def check_leave_ratio(leave_ratio: float) -> float:
+    """``leave_ratio`` if in [0, 1]; ValueError naming it otherwise."""
+    if not 0.0 <= leave_ratio <= 1.0:
+        raise ValueError(f"leave_ratio must be in [0, 1], got {leave_ratio}")
+    return leave_ratio
+
+
 def check_travel_range(travel_range: tuple[float, float]) -> tuple[float, float]:
     """``(lo, hi)`` as floats if 0 < lo <= hi <= 1 (fractions of the frame side); ValueError naming it otherwise."""
     try:
@@ -328,8 +335,7 @@ def generate_shapes_dataset(
                         ("fps", fps), ("images_per_combo", images_per_combo)]:
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    if not 0.0 <= leave_ratio <= 1.0:
-        raise ValueError(f"leave_ratio must be in [0, 1], got {leave_ratio}")
+    check_leave_ratio(leave_ratio)
     travel_range = check_travel_range(travel_range)
     root = Path(root)
     params = {
@@ -368,8 +374,8 @@ def generate_shapes_dataset(
         colour, shape, direction = combo
         key = f"{colour}_{shape}_{direction}_{k:02d}"
         rel = f"{folder}/{key}.mp4"
-        stream = 0 if folder == "videos" else 2  # held-out clips draw from their own streams
         training = folder == "videos"
+        stream = 0 if training else 2  # held-out clips draw from their own streams
         frames = render_clip(colour, shape, direction, num_frames, size, _rng(seed, stream, index[combo], k),
                              leave_frame=training and k < leaving,
                              travel_range=travel_range if training else TRAVEL_RANGE)
