@@ -5,7 +5,8 @@ clips of the held-out colour / shape / direction combinations (fresh seeds from 
 each method side by side (training-free replacement and reconstruction guidance at each ``--weights``
 w_r on the base checkpoint; the trained frame conditioning of the ``--i2v`` checkpoint), measures:
 
-* extension, 9 -> ``--extend-to`` frames (windows of the training length, overlap 5): the shapes probe
+* extension, ``--input-frames`` (9) -> ``--extend-to`` (33) frames (windows of ``--window`` frames, the
+  training length by default, overlap 5): the shapes probe
   (:func:`latentvid.metrics.shapes.classify_video`) on each 9-frame stretch of new frames (stride 8)
   against the probe of the input clip (colour, shape, direction, and all three), and at each window
   seam the jump of the shape's centroid between the last kept and the first new frame over the input
@@ -19,7 +20,11 @@ w_r on the base checkpoint; the trained frame conditioning of the ``--i2v`` chec
     shape and direction);
   - ``extend_in_view``: clips slow enough that their motion stays in view for all ``--extend-to``
     frames (``held_out_inputs(in_view=True)``: the data's travel spread over the whole length), where
-    every stretch of a faithful extension reads as the input. Their steps are under a pixel a frame,
+    every stretch of a faithful extension reads as the input. They are the data's motion per second at
+    a higher frame rate (:func:`in_view_fps`: 32 fps for 33 frames; the data is at 8). The methods are
+    conditioned on ``--stay-fps`` (default 8, the rate the shapes models know; ``--stay-fps 32`` tells a
+    model trained on several rates, ``ShapesDataModule(frame_rates=...)``, the clips' true one). Their
+    steps are under a pixel a frame,
     so whole-pixel shapes move in uneven one-pixel steps and the seam figure is noisy there even for
     the truth (its own first row);
 * image-to-video: PSNR of the generated first frame against the given image, beside the VAE's
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -45,7 +51,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from latentvid.data.shapes import HELD_OUT, render_clip, video_caption  # noqa: E402
+from latentvid.data.shapes import FPS, HELD_OUT, render_clip, video_caption  # noqa: E402
 from latentvid.data.video import from_uint8  # noqa: E402
 from latentvid.evaluation.figures import write_frame_grid  # noqa: E402
 from latentvid.files import write_json_atomic  # noqa: E402
@@ -56,6 +62,13 @@ from latentvid.pipelines.frames import (  # noqa: E402
 ATTRIBUTES = ("colour", "shape", "direction")
 SEAM_LIMIT = 1.5  # the issue's bound on a seam's jump, in in-clip per-frame steps
 GRID_CLIPS = 3  # clips per extension input set in --grid
+DATA_FRAMES = 9  # the shapes data's clip length (configs/base.yaml): TRAVEL_RANGE is the travel over it
+
+
+def in_view_fps(extend_to: int) -> float:
+    """Frame rate of ``held_out_inputs(in_view=True)`` clips: the data's motion per second (``TRAVEL_RANGE``
+    over ``DATA_FRAMES`` frames at ``FPS``) spread over ``extend_to`` frames."""
+    return FPS * (extend_to - 1) / (DATA_FRAMES - 1)
 
 
 def held_out_inputs(n: int, seed: int, frames: int = 9, size: int = 32, extend_to: int | None = None,
@@ -64,8 +77,8 @@ def held_out_inputs(n: int, seed: int, frames: int = 9, size: int = 32, extend_t
     With ``extend_to`` the clips come with their motion continued, (n, 3, extend_to, size, size): their
     first ``frames`` frames are the clips (``render_clip(..., extend_to=)``). ``in_view`` (needs
     ``extend_to``): clips whose motion stays in view for all ``extend_to`` frames, i.e. ``extend_to``-frame
-    clips at the data's travel (``TRAVEL_RANGE`` over the whole length, so ``extend_to / frames`` times
-    slower than the data's ``frames``-frame clips)."""
+    clips at the data's travel (``TRAVEL_RANGE`` over the whole length): the data's motion per second
+    sampled at :func:`in_view_fps` instead of ``FPS``."""
     if in_view and extend_to is None:
         raise ValueError("in_view needs extend_to")
     combos = [HELD_OUT[i % len(HELD_OUT)] for i in range(n)]
@@ -113,8 +126,8 @@ def extension_scores(videos: Tensor, clips: Tensor, window: int, overlap: int, t
     With ``truth`` (the true continuations, shaped like ``videos``) also ``in_view_*``: the same agreement
     over only the stretches whose true continuation still reads as the input clip on all three attributes,
     and ``in_view_stretches``, their number."""
-    t0, total = clips.shape[2], videos.shape[2]
-    stretches = [(s, s + t0) for s in range(t0 - 1, total - t0 + 1, t0 - 1)]  # new frames, stride 8
+    t0, total, n = clips.shape[2], videos.shape[2], DATA_FRAMES
+    stretches = [(s, s + n) for s in range(t0 - 1, total - n + 1, n - 1)]  # new frames (9, stride 8)
     seams = list(range(t0, total, window - overlap))
     agree = {a: [] for a in (*ATTRIBUTES, "all")}
     in_view = {a: [] for a in (*ATTRIBUTES, "all")}
@@ -186,7 +199,8 @@ def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions:
         t = time.perf_counter()
         g = torch.Generator().manual_seed(args.seed)
         clips, truth = inputs[task]
-        videos = batched(lambda c, x: extend_video(model, x, c, args.extend_to, window, args.overlap, opts, g),
+        task_opts = replace(opts, fps=args.stay_fps) if task == "extend_in_view" else opts
+        videos = batched(lambda c, x: extend_video(model, x, c, args.extend_to, window, args.overlap, task_opts, g),
                          n, args.batch, clips, captions=captions)
         overlap = args.overlap or default_overlap(model, window)
         row[task] = {**extension_scores(videos, clips, window, overlap, truth), "seconds": time.perf_counter() - t}
@@ -250,8 +264,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
     p.add_argument("--extend-to", type=int, default=33)
+    p.add_argument("--input-frames", type=int, default=9, help="frames of each clip to extend")
     p.add_argument("--window", type=int, default=9, help="extension window and image-to-video length")
     p.add_argument("--overlap", type=int, default=None, help="given frames per extension window (default 5)")
+    p.add_argument("--stay-fps", type=float, default=float(FPS),
+                   help=f"frame rate the extend_in_view clips are sampled at (default {FPS}, the rate the shapes models "
+                        "are trained at, as tools/sample.py's default --fps; their true rate, the data's motion per "
+                        f"second over --extend-to frames, is {FPS} x (extend-to - 1) / ({DATA_FRAMES} - 1): 32 for 33)")
     p.add_argument("--batch", type=int, default=16, help="samples per sampler batch")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
@@ -269,9 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--tasks must be among extend, extend_in_view, i2v, interp; got {args.tasks}")
     inputs = {}  # the inputs are the true continuations' first frames
     for task in ("extend", "extend_in_view"):
-        captions, truth = held_out_inputs(args.samples, args.seed, args.window, args.size, extend_to=args.extend_to,
-                                          in_view=task == "extend_in_view")
-        inputs[task] = (truth[:, :, :args.window], truth)
+        captions, truth = held_out_inputs(args.samples, args.seed, args.input_frames, args.size,
+                                          extend_to=args.extend_to, in_view=task == "extend_in_view")
+        inputs[task] = (truth[:, :, :args.input_frames], truth)
     base, _ = load_model(args.base, args.device)
     methods = []
     if args.replacement:

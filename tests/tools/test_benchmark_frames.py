@@ -52,6 +52,12 @@ def test_scores_of_true_clips(load_script):
     assert 0.75 < stay["seam_median"] < 1.3 and stay["seam_within"] >= 0.75  # sub-pixel steps: noisy, not broken
     with pytest.raises(ValueError, match="in_view"):
         bench.held_out_inputs(2, 0, in_view=True)
+    # their frame rate: the data's travel per 8 steps at 8 fps, over 32 steps -> 32 fps
+    assert bench.in_view_fps(33) == 32.0 and bench.in_view_fps(17) == 16.0
+    # a longer input: the stretches stay 9 frames of new frames, from the input's last frame on
+    longer = bench.extension_scores(slow, slow[:, :, :13], 13, 9, slow)
+    assert longer["stretches"] == [(12, 21), (20, 29)] and longer["seams"] == [13, 17, 21, 25, 29]
+    assert longer["probe_all"] == 1.0
     interp = bench.interpolation_scores(long[:, :, :9], long[:, :, :9])
     assert interp["beats_linear"] == 1.0 and interp["psnr"] > interp["linear_psnr"]
     images = long[:, :, 0]
@@ -68,8 +74,16 @@ def test_tiny_frames_run(tmp_path: Path, load_script):
     i2v = fit(config(tmp_path / "i2v", tmp_path / "shapes", init_from=str(base), unet={"frame_conditioning": True}),
               tmp_path / "i2v.yaml")
     out = tmp_path / "frames.json"
+    seen = []  # (clip frames, fps) of each extension call: the in-view clips go in at their own rate
+    real_extend = bench.extend_video
+
+    def extend(model, clips, *args):
+        seen.append((clips.shape[2], args[-2].fps))
+        return real_extend(model, clips, *args)
+
+    bench.extend_video = extend
     result = bench.main(["--base", str(base), "--i2v", str(i2v), "--samples", "2", "--steps", "2", "--weights", "3",
-                         "--extend-to", "17", "--batch", "2", "--threads", "1", "--out", str(out),
+                         "--extend-to", "17", "--stay-fps", "16", "--batch", "2", "--threads", "1", "--out", str(out),
                          "--grid", str(tmp_path / "grid.png")])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     from PIL import Image
@@ -77,6 +91,7 @@ def test_tiny_frames_run(tmp_path: Path, load_script):
     # 2 input sets x 2 clips x (the truth + 3 methods) rows of 9 frames (every other of 17), 32 px at scale 2
     assert Image.open(tmp_path / "grid.png").size == (9 * 66 - 2, 16 * 66 - 2)
     assert [r["method"] for r in result["rows"]] == ["true continuation", "replacement", "guidance w_r=3", "trained"]
+    assert sorted(set(seen)) == [(9, 8.0), (9, 16.0)]  # --stay-fps reaches the in-view clips only
     for row in result["rows"]:
         for task in ("extend", "extend_in_view"):
             assert 0.0 <= row[task]["probe_all"] <= 1.0 and len(row[task]["seams"]) == 2
