@@ -76,6 +76,7 @@ def _shapes(args: argparse.Namespace) -> int:
         clips_per_combo=args.clips_per_combo,
         leave_ratio=args.leave_ratio,
         travel_range=tuple(args.travel_range),
+        frame_rates=args.frame_rates,
         num_frames=args.frames,
         size=args.size,
         fps=args.fps,
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--travel-range", type=float, nargs=2, metavar=("LO", "HI"), default=list(TRAVEL_RANGE),
                         help="training clips' travel over a clip, as fractions of the frame side (a wider range "
                              "down to slow clips teaches extension of motion that stays in view longer)")
+    shapes.add_argument("--frame-rates", type=float, nargs="+", metavar="FPS",
+                        help="training clips' frame rates, cycled over each combination's clips (default: all at "
+                             "--fps); a clip at r fps shows the same motion r / fps times as densely")
     shapes.add_argument("--images-per-combo", type=int, default=2, help="stills per (colour, shape)")
     shapes.add_argument("--heldout-clips-per-combo", type=int, default=4,
                         help="evaluation clips per held-out combination")

@@ -12,7 +12,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from latentvid.data.datasets import ImageTextDataset, VideoTextDataset
 from latentvid.data.sampler import ResumableDataLoader, ResumableSampler, small_data_minimum
 from latentvid.data.sources import check_small_data
-from latentvid.data.shapes import (TRAVEL_RANGE, check_leave_ratio, check_travel_range, generate_shapes_dataset,
+from latentvid.data.shapes import FPS as SHAPES_FPS
+from latentvid.data.shapes import (TRAVEL_RANGE, check_frame_rates, check_leave_ratio, check_travel_range, generate_shapes_dataset,
                                    read_marker)
 
 
@@ -53,6 +54,9 @@ class ShapesDataModule(LightningDataModule):
             :func:`latentvid.data.shapes.generate_shapes_dataset`); 0 keeps every shape inside.
         travel_range: the training clips' travel over a clip, as fractions of the frame side
             (generation; default ``TRAVEL_RANGE``); lower values add slow clips.
+        frame_rates: the training clips' frame rates, cycled over each combination's clips
+            (generation; None: all at 8 fps): a clip at r fps shows the same motion r / 8 times as
+            densely and says so in its fps, which the denoiser is conditioned on.
         val_batches: number of validation batches (the first ``val_batches * batch_size``
             held-out clips; the held-out index is ordered so any prefix covers every combo).
         small_data: a training set with fewer samples than ``batch_size`` x ranks: ``"repeat"``
@@ -75,6 +79,7 @@ class ShapesDataModule(LightningDataModule):
         small_data: str = "repeat",
         leave_ratio: float = 0.0,
         travel_range: tuple[float, float] = TRAVEL_RANGE,
+        frame_rates: list[float] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or val_batches < 1 or num_workers < 0:
@@ -82,6 +87,7 @@ class ShapesDataModule(LightningDataModule):
         mixing_weights(1, 1, image_ratio)  # validate early
         check_leave_ratio(leave_ratio)  # before training, not only when the data is generated
         travel_range = check_travel_range(travel_range)
+        frame_rates = check_frame_rates(frame_rates, SHAPES_FPS)
         check_small_data(small_data)
         self.save_hyperparameters()
         self.root = root
@@ -95,6 +101,7 @@ class ShapesDataModule(LightningDataModule):
         self.clips_per_combo = clips_per_combo
         self.leave_ratio = leave_ratio
         self.travel_range = travel_range
+        self.frame_rates = frame_rates
         self.val_batches = val_batches
         self.small_data = small_data
         self.train_set: Dataset | None = None
@@ -113,17 +120,22 @@ class ShapesDataModule(LightningDataModule):
                     f"--clips-per-combo {self.clips_per_combo}"
                     + (f" --leave-ratio {self.leave_ratio}" if self.leave_ratio else "")
                     + (" --travel-range {} {}".format(*self.travel_range) if self.travel_range != TRAVEL_RANGE else "")
+                    + (" --frame-rates " + " ".join(f"{r:g}" for r in self.frame_rates)
+                       if self.frame_rates != (SHAPES_FPS,) else "")
                     + "` or set generate=True"
                 )
             generate_shapes_dataset(self.root, seed=self.seed, clips_per_combo=self.clips_per_combo,
                                     leave_ratio=self.leave_ratio, travel_range=self.travel_range,
+                                    frame_rates=self.frame_rates,
                                     num_frames=self.num_frames, size=self.size)
             return
         params = marker.get("params", {})
-        # the marker records leave_ratio and travel_range only when they differ from the defaults
-        params = {"leave_ratio": 0.0, **params, "travel_range": tuple(params.get("travel_range", TRAVEL_RANGE))}
+        # the marker records leave_ratio, travel_range and frame_rates only when they differ from the defaults
+        params = {"leave_ratio": 0.0, **params, "travel_range": tuple(params.get("travel_range", TRAVEL_RANGE)),
+                  "frame_rates": tuple(params.get("frame_rates", [params.get("fps", SHAPES_FPS)]))}
         wanted = {"seed": self.seed, "clips_per_combo": self.clips_per_combo, "num_frames": self.num_frames,
-                  "size": self.size, "leave_ratio": self.leave_ratio, "travel_range": self.travel_range}
+                  "size": self.size, "leave_ratio": self.leave_ratio, "travel_range": self.travel_range,
+                  "frame_rates": self.frame_rates}
         differ = {k: (params.get(k), v) for k, v in wanted.items() if params.get(k) != v}
         if differ:
             rank_zero_warn(f"using existing shapes data in {self.root}; (found, requested) differ: {differ}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ EVAL_TRAIN_COMBOS: tuple[tuple[str, str, str], ...] = (
 # the frame side (large enough for the motion to be obvious at 8 frames).
 RADIUS_RANGE: tuple[float, float] = (1 / 5, 1 / 4)
 TRAVEL_RANGE: tuple[float, float] = (0.30, 0.50)
+FPS: int = 8  # the data's frame rate: TRAVEL_RANGE is the travel over a clip at this rate
 
 COMPLETE_MARKER = ".complete"
 
@@ -243,6 +244,19 @@ def check_travel_range(travel_range: tuple[float, float]) -> tuple[float, float]
     return lo, hi
 
 
+def check_frame_rates(frame_rates: Sequence[float] | None, fps: float) -> tuple[float, ...]:
+    """``frame_rates`` as a tuple of positive floats (None: ``(fps,)``); ValueError naming it otherwise."""
+    if frame_rates is None:
+        return (float(fps),)
+    try:
+        rates = tuple(float(r) for r in frame_rates)
+    except (TypeError, ValueError):
+        raise ValueError(f"frame_rates must be a list of numbers, got {frame_rates!r}") from None
+    if not rates or min(rates) <= 0:
+        raise ValueError(f"frame_rates must be a non-empty list of positive frame rates, got {frame_rates!r}")
+    return rates
+
+
 def render_image(
     colour: str, shape: str, size: int = 32, rng: np.random.Generator | None = None
 ) -> np.ndarray:
@@ -293,13 +307,14 @@ def generate_shapes_dataset(
     clips_per_combo: int = 4,
     num_frames: int = 9,
     size: int = 32,
-    fps: int = 8,
+    fps: int = FPS,
     images_per_combo: int = 2,
     heldout_clips_per_combo: int = 4,
     overwrite: bool = False,
     progress: bool = False,
     leave_ratio: float = 0.0,
     travel_range: tuple[float, float] = TRAVEL_RANGE,
+    frame_rates: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Write the shapes data set under ``root`` and return a summary dict.
 
@@ -323,6 +338,14 @@ def generate_shapes_dataset(
     ``TRAVEL_RANGE``). A wider range down to slow clips teaches a model to extend motion slow enough to
     stay in view over many more frames. The held-out clips keep ``TRAVEL_RANGE``.
 
+    ``frame_rates``: the training clips' frame rates, cycled over each combination's clips (clip k at
+    ``frame_rates[k % len(frame_rates)]``, so repeating a rate weighs it; None: all at ``fps``). A clip
+    at r fps shows the same motion per second sampled r / fps times as densely: its travel over the
+    clip is ``travel_range`` x fps / r, and its file and row say r fps. A model conditioned on the
+    frame rate learns from them how far a shape moves per frame at each rate, which it cannot read
+    reliably from a few frames of sub-pixel motion (extension of dense clips, README "Conditioning
+    on given frames"). The held-out clips and the stills stay at ``fps``.
+
     Deterministic from ``seed``. If ``root`` already holds a complete data set made with the same
     parameters it is left alone; with different parameters a ``ValueError`` is raised unless
     ``overwrite`` is set. A folder without the marker (e.g. an interrupted run) is regenerated.
@@ -337,6 +360,7 @@ def generate_shapes_dataset(
             raise ValueError(f"{name} must be >= 1, got {value}")
     check_leave_ratio(leave_ratio)
     travel_range = check_travel_range(travel_range)
+    rates = check_frame_rates(frame_rates, fps)
     root = Path(root)
     params = {
         "seed": seed, "clips_per_combo": clips_per_combo, "num_frames": num_frames, "size": size,
@@ -348,6 +372,8 @@ def generate_shapes_dataset(
         params["leave_ratio"] = leave_ratio
     if travel_range != TRAVEL_RANGE:  # likewise
         params["travel_range"] = list(travel_range)
+    if rates != (float(fps),):  # likewise
+        params["frame_rates"] = list(rates)
     existing = read_marker(root)
     if existing is not None and not overwrite:
         if existing.get("params") == params:
@@ -376,13 +402,14 @@ def generate_shapes_dataset(
         rel = f"{folder}/{key}.mp4"
         training = folder == "videos"
         stream = 0 if training else 2  # held-out clips draw from their own streams
+        rate = rates[k % len(rates)] if training else float(fps)
+        travel = (travel_range[0] * fps / rate, travel_range[1] * fps / rate) if training else TRAVEL_RANGE
         frames = render_clip(colour, shape, direction, num_frames, size, _rng(seed, stream, index[combo], k),
-                             leave_frame=training and k < leaving,
-                             travel_range=travel_range if training else TRAVEL_RANGE)
-        write_video(root / rel, frames, fps=fps)
+                             leave_frame=training and k < leaving, travel_range=travel)
+        write_video(root / rel, frames, fps=rate)
         if bar is not None:
             bar.update()
-        return {"key": key, "path": rel, "caption": video_caption(*combo), "fps": float(fps),
+        return {"key": key, "path": rel, "caption": video_caption(*combo), "fps": rate,
                 "num_frames": num_frames, "colour": colour, "shape": shape, "direction": direction}
 
     videos = [clip_row(combo, k, "videos") for combo in train for k in range(clips_per_combo)]

@@ -207,6 +207,24 @@ def test_travel_range_reaches_generation_and_a_folder_made_without_it_warns(root
         ShapesDataModule(travel_range=(0.5, 0.1))
 
 
+def test_frame_rates_reach_generation_and_the_batches(root: Path, tmp_path: Path) -> None:
+    dm = ShapesDataModule(root=str(tmp_path / "rates"), num_frames=T, size=SIZE, clips_per_combo=2, seed=1,
+                          frame_rates=[8, 16], image_ratio=0.0, batch_size=8)
+    dm.prepare_data()
+    assert json.loads((tmp_path / "rates" / ".complete").read_text())["params"]["frame_rates"] == [8.0, 16.0]
+    dm.setup("fit")
+    rates = torch.cat([b["fps"] for b, _ in zip(dm.train_dataloader(), range(4))])
+    assert set(rates.tolist()) == {8.0, 16.0}  # the fps the denoiser is conditioned on comes from the clips
+    with pytest.warns(UserWarning, match="frame_rates"):
+        ShapesDataModule(root=str(root), num_frames=T, size=SIZE, clips_per_combo=1, seed=1,
+                         frame_rates=[8, 16]).prepare_data()
+    absent = ShapesDataModule(root=str(tmp_path / "absent"), generate=False, frame_rates=[8, 16])
+    with pytest.raises(FileNotFoundError, match="--frame-rates 8 16"):
+        absent.prepare_data()
+    with pytest.raises(ValueError, match="frame_rates"):
+        ShapesDataModule(frame_rates=[8, -1])
+
+
 def test_bad_configuration_is_rejected() -> None:
     with pytest.raises(ValueError, match="image_ratio"):
         ShapesDataModule(image_ratio=-0.1)

@@ -27,7 +27,7 @@ from latentvid.data.shapes import (
     TRAVEL_RANGE,
     video_caption,
 )
-from latentvid.data.video import read_frames
+from latentvid.data.video import read_frames, video_info
 
 # unit vector of the centroid's motion in (x, y) image coordinates, rows growing downward
 EXPECTED_MOTION = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -325,6 +325,29 @@ def test_travel_range_slows_the_training_clips_only(small_root: Path, tmp_path: 
         generate_shapes_dataset(root, **{**SMALL, "num_frames": 9, "travel_range": (0.1, 0.2)})
     with pytest.raises(ValueError, match="travel_range"):
         generate_shapes_dataset(tmp_path / "bad", **{**SMALL, "travel_range": (0.6, 0.2)})
+
+
+def test_frame_rates_cycle_over_each_combinations_clips_with_the_motion_per_second_kept(
+        small_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "rates"
+    size, lo, hi = SMALL["size"], *TRAVEL_RANGE
+    generate_shapes_dataset(root, **{**SMALL, "clips_per_combo": 3, "num_frames": 9, "frame_rates": [8, 32]})
+    assert read_marker(root)["params"]["frame_rates"] == [8.0, 32.0]
+    assert "frame_rates" not in read_marker(small_root)["params"]  # all at fps: not recorded
+    rows = _read_jsonl(root / "videos.jsonl")
+    for row in rows:
+        k = int(row["key"][-2:])
+        rate = (8.0, 32.0)[k % 2]  # clip k at frame_rates[k % 2]: 0 and 2 at 8 fps, 1 at 32
+        assert row["fps"] == rate and video_info(root / row["path"])["fps"] == pytest.approx(rate)
+        travel = _travel(read_frames(root / row["path"]))  # the data's travel per second, sampled 4x as densely
+        scale = 8.0 / rate
+        assert lo * scale * size - 1.0 <= travel <= min(hi * scale * size, size) + 1.0, row["key"]
+    for row in _read_jsonl(root / "heldout.jsonl"):  # evaluation clips stay at the data's rate and speeds
+        assert row["fps"] == 8.0 and _travel(read_frames(root / row["path"])) >= lo * size - 1.0
+    for bad in ([], [8, 0], ["x"]):
+        with pytest.raises(ValueError, match="frame_rates"):
+            generate_shapes_dataset(tmp_path / "bad", **{**SMALL, "frame_rates": bad})
+    assert not (tmp_path / "bad").exists()
 
 
 def test_incomplete_folder_is_regenerated(tmp_path: Path) -> None:
