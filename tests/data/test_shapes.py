@@ -304,9 +304,10 @@ def test_leave_ratio_renders_the_first_clips_of_each_combination_leaving(small_r
     again = tmp_path / "plain"
     generate_shapes_dataset(again, **{**SMALL, "clips_per_combo": 2, "num_frames": 9})
     assert (again / "heldout.jsonl").read_text() == (root / "heldout.jsonl").read_text()
-    # held out: unchanged (the decoded frames agree up to the encoder, which is not bit-exact between runs)
+    # held out: unchanged. The decoded frames agree up to the encoder, which is not bit-exact between runs
+    # (up to 10 levels seen on the background under load); a shape one pixel off differs by 150+ at its edge
     held = read_frames(root / "heldout" / "red_circle_right_00.mp4").astype(np.int64)
-    assert np.abs(held - read_frames(again / "heldout" / "red_circle_right_00.mp4")).max() <= 8
+    assert np.abs(held - read_frames(again / "heldout" / "red_circle_right_00.mp4")).max() <= 32
     with pytest.raises(ValueError, match="leave_ratio"):
         generate_shapes_dataset(tmp_path / "bad", **{**SMALL, "leave_ratio": 1.5})
 
