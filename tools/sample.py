@@ -46,7 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--height", type=int, help="height in pixels (default: the training size)")
     p.add_argument("--width", type=int, help="width in pixels (default: the training size)")
     p.add_argument("--fps", type=float,
-                   help="frame rate to condition on and to write (default 8; with --cascade: the YAML's base fps)")
+                   help="frame rate to condition on and to write (default 8; --extend: the clip's own rate, "
+                        "--interpolate: the clip's rate x --factor, so the result lasts as long; with --cascade: "
+                        "the YAML's base fps)")
     p.add_argument("--steps", type=int,
                    help="sampler steps (default: the model's sample_steps; a distilled student's own count)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES,
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if args.grid:
             sys.exit("sample.py: --grid works with --ckpt, not yet with --cascade")
         return run_cascade(args, captions)
-    args.fps = 8.0 if args.fps is None else args.fps
+    if args.fps is None and not (args.extend or args.interpolate):  # given clips bring their own rate
+        args.fps = 8.0
     args.eta = 0.0 if args.eta is None else args.eta
     try:
         model, ckpt = load_model(args.ckpt, args.device, ema=not args.no_ema)
@@ -134,7 +137,7 @@ def run_frames(args: argparse.Namespace, captions: list[str], model, shape: tupl
     stages when ``upsample`` is given). ``shape``: (frames, height, width) of the base model's samples."""
     import torch
 
-    from latentvid.data.video import write_video
+    from latentvid.data.video import video_info, write_video
     from latentvid.data.video_log import slug
     from latentvid.pipelines.frames import (
         FrameOptions,
@@ -145,8 +148,6 @@ def run_frames(args: argparse.Namespace, captions: list[str], model, shape: tupl
     )
 
     frames, height, width = shape
-    opts = FrameOptions(method=args.frames_method, weight=args.frames_weight, steps=args.steps, sampler=args.sampler,
-                        guidance=args.guidance, eta=args.eta or 0.0, fps=args.fps)
     out = Path(args.out)
     single = len(captions) == 1 and out.suffix == ".mp4"
     paths = []
@@ -155,6 +156,12 @@ def run_frames(args: argparse.Namespace, captions: list[str], model, shape: tupl
             source = read_frames_input(args.image, "image", height, width)
         else:
             source = read_frames_input(args.extend or args.interpolate, "video", height, width)
+        if args.fps is None:  # the clip's rate: what the model is told and what the file plays at
+            args.fps = video_info(args.extend or args.interpolate)["fps"] * (args.factor if args.interpolate else 1)
+            print(f"conditioning on and writing at {args.fps:g} fps, the clip's rate"
+                  + (f" x {args.factor}" if args.interpolate else "") + " (--fps to choose)", file=sys.stderr)
+        opts = FrameOptions(method=args.frames_method, weight=args.frames_weight, steps=args.steps,
+                            sampler=args.sampler, guidance=args.guidance, eta=args.eta or 0.0, fps=args.fps)
         for i, caption in enumerate(captions):
             g = torch.Generator(device=model.device).manual_seed(args.seed + i)
             if args.image:

@@ -75,7 +75,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     write_png(tmp / "first.png", clip[:, 0])
     write_png(tmp / "small.png", clip[:, 0, :16, :16])
     write_video(tmp / "clip9.mp4", clip, fps=8)
-    write_video(tmp / "clip5.mp4", clip[:, ::2], fps=8)
+    write_video(tmp / "clip5.mp4", clip[:, ::2], fps=6)  # a rate other than the default 8: the tool reads it
     write_video(tmp / "clip4.mp4", clip[:, :4], fps=8)
     return {"root": tmp, "base": base, "i2v": i2v}
 
@@ -114,7 +114,7 @@ def test_image_to_video_from_a_png(runs, ckpt, method):
 
 
 def test_extend_an_mp4(runs):
-    from latentvid.data.video import read_video
+    from latentvid.data.video import read_video, video_info
 
     out = runs["root"] / "longer.mp4"
     res = sample(runs, "i2v", "--extend", str(runs["root"] / "clip9.mp4"), "--frames", "17", "--out", str(out))
@@ -122,11 +122,17 @@ def test_extend_an_mp4(runs):
     video, given = read_video(out), read_video(runs["root"] / "clip9.mp4")
     assert video.shape == (3, 17, 32, 32)
     assert psnr(video[:, :9], given) > 30.0  # the input frames as given (up to the mp4 encoding)
+    assert video_info(out)["fps"] == 8.0
+    for extra, rate in [((), 6.0), (("--fps", "10"), 10.0)]:  # the clip's rate unless --fps chooses
+        res = sample(runs, "i2v", "--extend", str(runs["root"] / "clip5.mp4"), "--frames", "9", "--out", str(out),
+                     *extra)
+        assert res.returncode == 0 and video_info(out)["fps"] == rate, res.stderr[-3000:]
+        assert ("at 6 fps, the clip's rate" in res.stderr) == (not extra)
 
 
 @pytest.mark.parametrize("ckpt", ["i2v", "base"])
 def test_interpolate_an_mp4(runs, ckpt):
-    from latentvid.data.video import read_video
+    from latentvid.data.video import read_video, video_info
 
     out = runs["root"] / f"finer-{ckpt}.mp4"
     res = sample(runs, ckpt, "--interpolate", str(runs["root"] / "clip5.mp4"), "--factor", "2", "--out", str(out),
@@ -135,6 +141,7 @@ def test_interpolate_an_mp4(runs, ckpt):
     video, given = read_video(out), read_video(runs["root"] / "clip5.mp4")
     assert video.shape == (3, 9, 32, 32)
     assert psnr(video[:, ::2], given) > 30.0
+    assert video_info(out)["fps"] == 12.0  # 6 fps x 2: the result lasts as long as the given clip
 
 
 @pytest.mark.parametrize("args,message", [
