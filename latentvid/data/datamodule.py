@@ -13,8 +13,8 @@ from latentvid.data.datasets import ImageTextDataset, VideoTextDataset
 from latentvid.data.sampler import ResumableDataLoader, ResumableSampler, small_data_minimum
 from latentvid.data.sources import check_small_data
 from latentvid.data.shapes import FPS as SHAPES_FPS
-from latentvid.data.shapes import (TRAVEL_RANGE, check_frame_rates, check_leave_ratio, check_travel_range, generate_shapes_dataset,
-                                   read_marker)
+from latentvid.data.shapes import (TRAVEL_RANGE, check_frame_rates, check_leave_ratio, check_travel_range,
+                                   generate_shapes_dataset, read_marker)
 
 
 def mixing_weights(num_videos: int, num_images: int, image_ratio: float) -> torch.Tensor:

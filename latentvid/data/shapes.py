@@ -361,6 +361,10 @@ def generate_shapes_dataset(
     check_leave_ratio(leave_ratio)
     travel_range = check_travel_range(travel_range)
     rates = check_frame_rates(frame_rates, fps)
+    if travel_range[1] * fps / min(rates) > 1.0:  # a slower rate covers more of the frame per clip
+        raise ValueError(f"frame_rates: at {min(rates):g} fps a clip would travel up to "
+                         f"{travel_range[1] * fps / min(rates):g} frame sides (the data's {travel_range[1]:g} at "
+                         f"{fps} fps); use rates of at least {travel_range[1] * fps:g}")
     root = Path(root)
     params = {
         "seed": seed, "clips_per_combo": clips_per_combo, "num_frames": num_frames, "size": size,

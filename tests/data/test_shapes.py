@@ -345,7 +345,7 @@ def test_frame_rates_cycle_over_each_combinations_clips_with_the_motion_per_seco
         assert lo * scale * size - 1.0 <= travel <= min(hi * scale * size, size) + 1.0, row["key"]
     for row in _read_jsonl(root / "heldout.jsonl"):  # evaluation clips stay at the data's rate and speeds
         assert row["fps"] == 8.0 and _travel(read_frames(root / row["path"])) >= lo * size - 1.0
-    for bad in ([], [8, 0], ["x"]):
+    for bad in ([], [8, 0], ["x"], [8, 2]):  # 2 fps: 0.5 x 8 / 2 = 2 frame sides per clip
         with pytest.raises(ValueError, match="frame_rates"):
             generate_shapes_dataset(tmp_path / "bad", **{**SMALL, "frame_rates": bad})
     assert not (tmp_path / "bad").exists()
