@@ -87,7 +87,7 @@ class ShapesDataModule(LightningDataModule):
         mixing_weights(1, 1, image_ratio)  # validate early
         check_leave_ratio(leave_ratio)  # before training, not only when the data is generated
         travel_range = check_travel_range(travel_range)
-        frame_rates = check_frame_rates(frame_rates, SHAPES_FPS)
+        frame_rates = check_frame_rates(frame_rates, SHAPES_FPS, travel_range)
         check_small_data(small_data)
         self.save_hyperparameters()
         self.root = root

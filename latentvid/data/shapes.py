@@ -244,8 +244,10 @@ def check_travel_range(travel_range: tuple[float, float]) -> tuple[float, float]
     return lo, hi
 
 
-def check_frame_rates(frame_rates: Sequence[float] | None, fps: float) -> tuple[float, ...]:
-    """``frame_rates`` as a tuple of positive floats (None: ``(fps,)``); ValueError naming it otherwise."""
+def check_frame_rates(frame_rates: Sequence[float] | None, fps: float,
+                      travel_range: tuple[float, float] = TRAVEL_RANGE) -> tuple[float, ...]:
+    """``frame_rates`` as a tuple of positive floats (None: ``(fps,)``) none so slow that a clip of
+    ``travel_range`` at ``fps`` would cross more than the frame; ValueError naming it otherwise."""
     if frame_rates is None:
         return (float(fps),)
     try:
@@ -254,6 +256,11 @@ def check_frame_rates(frame_rates: Sequence[float] | None, fps: float) -> tuple[
         raise ValueError(f"frame_rates must be a list of numbers, got {frame_rates!r}") from None
     if not rates or min(rates) <= 0:
         raise ValueError(f"frame_rates must be a non-empty list of positive frame rates, got {frame_rates!r}")
+    most = travel_range[1] * fps / min(rates)  # a slower rate covers more of the frame per clip
+    if most > 1.0:
+        raise ValueError(f"frame_rates: at {min(rates):g} fps a clip would travel up to {most:g} frame sides "
+                         f"(the data's {travel_range[1]:g} at {fps:g} fps); use rates of at least "
+                         f"{travel_range[1] * fps:g}")
     return rates
 
 
@@ -360,11 +367,7 @@ def generate_shapes_dataset(
             raise ValueError(f"{name} must be >= 1, got {value}")
     check_leave_ratio(leave_ratio)
     travel_range = check_travel_range(travel_range)
-    rates = check_frame_rates(frame_rates, fps)
-    if travel_range[1] * fps / min(rates) > 1.0:  # a slower rate covers more of the frame per clip
-        raise ValueError(f"frame_rates: at {min(rates):g} fps a clip would travel up to "
-                         f"{travel_range[1] * fps / min(rates):g} frame sides (the data's {travel_range[1]:g} at "
-                         f"{fps} fps); use rates of at least {travel_range[1] * fps:g}")
+    rates = check_frame_rates(frame_rates, fps, travel_range)
     root = Path(root)
     params = {
         "seed": seed, "clips_per_combo": clips_per_combo, "num_frames": num_frames, "size": size,

@@ -221,8 +221,9 @@ def test_frame_rates_reach_generation_and_the_batches(root: Path, tmp_path: Path
     absent = ShapesDataModule(root=str(tmp_path / "absent"), generate=False, frame_rates=[8, 16])
     with pytest.raises(FileNotFoundError, match="--frame-rates 8 16"):
         absent.prepare_data()
-    with pytest.raises(ValueError, match="frame_rates"):
-        ShapesDataModule(frame_rates=[8, -1])
+    for bad in ([8, -1], [8, 2]):  # 2 fps: a clip would cross two frame sides; refused before any folder
+        with pytest.raises(ValueError, match="frame_rates"):
+            ShapesDataModule(frame_rates=bad)
 
 
 def test_bad_configuration_is_rejected() -> None:
