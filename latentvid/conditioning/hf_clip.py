@@ -21,13 +21,11 @@ Needs the optional ``transformers`` dependency: ``pip install "latentvid[sd]"``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from latentvid.conditioning.caption_cache import CaptionCache
-from latentvid.conditioning.frozen import FrozenTower
+from latentvid.conditioning.frozen import PretrainedTextTower, local_folder
 
 LAYERS = ("last", "penultimate")
 
@@ -43,20 +41,11 @@ def _import_transformers():
     return transformers
 
 
-def _folder(path: str, subfolder: str | None, marker: str, what: str) -> Path:
-    folder = Path(path).expanduser()
-    if subfolder:
-        folder = folder / subfolder
-    if not (folder / marker).is_file():
-        raise FileNotFoundError(
-            f"no {what} at {folder} ({marker} not found). Point `path` at a local diffusers-format "
-            f"Stable Diffusion folder (text_encoder/ and tokenizer/ beside unet/, vae/, scheduler/), e.g. "
-            f"`huggingface-cli download <repo> --local-dir <dir>` on a machine with internet."
-        )
-    return folder
+SD_LAYOUT = ("Point `path` at a local diffusers-format Stable Diffusion folder (text_encoder/ and tokenizer/ beside "
+             "unet/, vae/, scheduler/), e.g. `huggingface-cli download <repo> --local-dir <dir>` on a machine with internet.")
 
 
-class HFCLIPTextEncoder(FrozenTower):
+class HFCLIPTextEncoder(PretrainedTextTower):
     """Frozen transformers ``CLIPTextModel`` + ``CLIPTokenizer`` from a Stable Diffusion folder.
 
     ``forward(captions)`` returns ``context (B, L, D)`` and ``context_mask (B, L)`` like
@@ -92,14 +81,13 @@ class HFCLIPTextEncoder(FrozenTower):
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got cache_size={cache_size}")
         transformers = _import_transformers()
-        enc_dir = _folder(path, text_encoder_subfolder, "config.json", "CLIP text encoder")
-        tok_dir = _folder(path, tokenizer_subfolder, "tokenizer_config.json", "CLIP tokenizer")
+        enc_dir = local_folder(path, text_encoder_subfolder, ("config.json",), "CLIP text encoder", SD_LAYOUT)
+        tok_dir = local_folder(path, tokenizer_subfolder, ("tokenizer_config.json",), "CLIP tokenizer", SD_LAYOUT)
         try:
             self.model = transformers.CLIPTextModel.from_pretrained(str(enc_dir), local_files_only=True)
             self.tokenizer = transformers.CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
         except (OSError, ValueError) as err:
             raise ValueError(f"could not load the CLIP text encoder / tokenizer from {path}: {err}") from err
-        self.path = str(path)
         self.layer = layer
         self.max_length = int(max_length or self.tokenizer.model_max_length)
         positions = int(self.model.config.max_position_embeddings)
@@ -109,11 +97,7 @@ class HFCLIPTextEncoder(FrozenTower):
         if layer == "penultimate" and self.model.config.num_hidden_layers < 2:
             raise ValueError("layer='penultimate' needs a text encoder with >= 2 layers")
         self.mask_padding = mask_padding
-        self.cache_size = cache_size
-        self.is_random = False  # weights come from a file: left out of LatentDiffusion checkpoints
-        self.model.requires_grad_(False)
-        self.model.eval()
-        self._cache = CaptionCache(cache_size)
+        self.freeze(path, cache_size)
 
     @property
     def output_dim(self) -> int:
@@ -146,30 +130,3 @@ class HFCLIPTextEncoder(FrozenTower):
         out = self.model(tokens.to(device), attention_mask=mask, output_hidden_states=True)
         text_model = getattr(self.model, "text_model", self.model)  # transformers 4.x nests it, 5.x does not
         return text_model.final_layer_norm(out.hidden_states[-2])
-
-    @torch.no_grad()
-    def forward(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """Encode captions (cached per caption).
-
-        Args:
-            captions: ``B`` strings (``""`` is the unconditional caption).
-
-        Returns:
-            context ``(B, L, D)`` float features and context_mask ``(B, L)`` bool on the module's
-            device (all True unless ``mask_padding``).
-        """
-        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
-            raise TypeError(f"captions must be a list of str, got {type(captions).__name__}: {captions!r:.80}")
-        captions = list(captions)
-        weight = self.model.get_input_embeddings().weight
-        if not captions:
-            return weight.new_zeros(0, self.max_length, self.output_dim), torch.zeros(
-                0, self.max_length, dtype=torch.bool, device=weight.device)
-
-        def encode(missing: list[str]) -> tuple[Tensor, Tensor]:
-            tokens, real = self.tokenize(missing)  # (N, L) each
-            features = self.encode_tokens(tokens, real)  # (N, L, D)
-            return features, real if self.mask_padding else torch.ones_like(real)
-
-        context, context_mask = self._cache(captions, encode)  # (B, L, D), (B, L)
-        return context, context_mask

@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from latentvid.conditioning.caption_cache import CaptionCache
-from latentvid.conditioning.frozen import FrozenTower
+from latentvid.conditioning.frozen import PretrainedTextTower, local_folder
 
 MODEL_TYPES = {"t5": "T5EncoderModel", "umt5": "UMT5EncoderModel"}
 """config.json ``model_type`` -> the transformers encoder class that loads it."""
@@ -52,17 +51,9 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _folder(path: str, subfolder: str | None, markers: tuple[str, ...], what: str) -> Path:
-    folder = Path(path).expanduser()
-    if subfolder:
-        folder = folder / subfolder
-    if not any((folder / m).is_file() for m in markers):
-        raise FileNotFoundError(
-            f"no {what} at {folder} ({' / '.join(markers)} not found). Point `path` at a local diffusers "
-            f"video pipeline folder (text_encoder/ and tokenizer/ beside transformer/, vae/, scheduler/), e.g. "
-            f"`huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir <dir>` on a machine with internet."
-        )
-    return folder
+VIDEO_LAYOUT = ("Point `path` at a local diffusers video pipeline folder (text_encoder/ and tokenizer/ beside "
+                "transformer/, vae/, scheduler/), e.g. `huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
+                "--local-dir <dir>` on a machine with internet.")
 
 
 def read_encoder_class(folder: Path) -> str:
@@ -77,7 +68,7 @@ def read_encoder_class(folder: Path) -> str:
     return MODEL_TYPES[model_type]
 
 
-class T5TextEncoder(FrozenTower):
+class T5TextEncoder(PretrainedTextTower):
     """Frozen transformers ``T5EncoderModel`` / ``UMT5EncoderModel`` + tokenizer from a pipeline folder.
 
     ``forward(captions)`` returns ``context (B, L, D)`` and ``context_mask (B, L)`` bool, L = ``max_length``;
@@ -119,24 +110,19 @@ class T5TextEncoder(FrozenTower):
             import transformers
         except ImportError as err:
             raise ImportError('T5TextEncoder needs the transformers package: pip install "latentvid[video]"') from err
-        enc_dir = _folder(path, text_encoder_subfolder, ("config.json",), "T5 text encoder")
-        tok_dir = _folder(path, tokenizer_subfolder, ("tokenizer_config.json",), "T5 tokenizer")
+        enc_dir = local_folder(path, text_encoder_subfolder, ("config.json",), "T5 text encoder", VIDEO_LAYOUT)
+        tok_dir = local_folder(path, tokenizer_subfolder, ("tokenizer_config.json",), "T5 tokenizer", VIDEO_LAYOUT)
         cls = getattr(transformers, read_encoder_class(enc_dir))
         try:
             self.model = cls.from_pretrained(str(enc_dir), local_files_only=True, dtype=DTYPES[dtype])
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
         except (OSError, ValueError) as err:
             raise ValueError(f"could not load the T5 text encoder / tokenizer from {path}: {err}") from err
-        self.path = str(path)
         self.max_length = int(max_length)
         self.use_attention_mask = use_attention_mask
         self.mask_padding = mask_padding
         self.clean = clean
-        self.cache_size = cache_size
-        self.is_random = False  # weights come from a file: left out of LatentDiffusion checkpoints
-        self.model.requires_grad_(False)
-        self.model.eval()
-        self._cache = CaptionCache(cache_size)
+        self.freeze(path, cache_size)
 
     @property
     def output_dim(self) -> int:
@@ -160,25 +146,3 @@ class T5TextEncoder(FrozenTower):
         device = self.model.get_input_embeddings().weight.device
         mask = token_mask.to(device).long() if self.use_attention_mask else None
         return self.model(tokens.to(device), attention_mask=mask).last_hidden_state
-
-    @torch.no_grad()
-    def forward(self, captions: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """Encode ``B`` captions (``""`` is the unconditional one; cached per caption).
-
-        Returns context ``(B, L, D)`` and context_mask ``(B, L)`` bool on the module's device.
-        """
-        if isinstance(captions, str) or not all(isinstance(c, str) for c in captions):
-            raise TypeError(f"captions must be a list of str, got {type(captions).__name__}: {captions!r:.80}")
-        captions = list(captions)
-        weight = self.model.get_input_embeddings().weight
-        if not captions:
-            return weight.new_zeros(0, self.max_length, self.output_dim), torch.zeros(
-                0, self.max_length, dtype=torch.bool, device=weight.device)
-
-        def encode(missing: list[str]) -> tuple[Tensor, Tensor]:
-            tokens, real = self.tokenize(missing)  # (N, L) each
-            features = self.encode_tokens(tokens, real)  # (N, L, D)
-            real = real.to(features.device)
-            return features, real if self.mask_padding else torch.ones_like(real)
-
-        return self._cache(captions, encode)  # (B, L, D), (B, L)
