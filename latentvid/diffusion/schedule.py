@@ -189,8 +189,24 @@ def sampling_grid(logsnr: Callable[[Tensor], Tensor], steps: int, spacing: str =
     return torch.cat([lam, torch.tensor([math.inf], dtype=torch.float64)]).float()
 
 
+class VPSchedule:
+    """What the variance-preserving schedules share: a subclass defines ``logsnr(t)``."""
+
+    def logsnr(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def alpha_sigma(self, logsnr: Tensor) -> tuple[Tensor, Tensor]:
+        """logSNR (...) -> (alpha, sigma) of this (variance-preserving) process."""
+        return alpha_sigma(logsnr)
+
+    def sampling_logsnrs(self, steps: int, spacing: str = "time") -> Tensor:
+        """(steps + 1,) logSNRs from t = 1 towards t = 0, the last one +inf (a clean sample); ``spacing``
+        one of ``SPACINGS`` (:func:`sampling_grid`)."""
+        return sampling_grid(self.logsnr, steps, spacing)
+
+
 @dataclass(frozen=True)
-class CosineSchedule:
+class CosineSchedule(VPSchedule):
     """The cosine schedule as a config object (LightningCLI builds it from YAML).
 
     Args:
@@ -207,18 +223,9 @@ class CosineSchedule:
         """t (...) in [0, 1] -> logSNR (...)."""
         return cosine_logsnr(t, self.logsnr_min, self.logsnr_max, self.shift)
 
-    def alpha_sigma(self, logsnr: Tensor) -> tuple[Tensor, Tensor]:
-        """logSNR (...) -> (alpha, sigma) of this (variance-preserving) process."""
-        return alpha_sigma(logsnr)
-
-    def sampling_logsnrs(self, steps: int, spacing: str = "time") -> Tensor:
-        """(steps + 1,) logSNRs from t = 1 towards t = 0, the last one +inf (a clean sample); ``spacing``
-        one of ``SPACINGS`` (:func:`sampling_grid`)."""
-        return sampling_grid(self.logsnr, steps, spacing)
-
 
 @dataclass(frozen=True)
-class LinearLogSNRSchedule:
+class LinearLogSNRSchedule(VPSchedule):
     """logSNR linear in t between ``logsnr_max`` (t = 0) and ``logsnr_min`` (t = 1)."""
 
     logsnr_min: float = -10.0
@@ -227,15 +234,6 @@ class LinearLogSNRSchedule:
     def logsnr(self, t: Tensor) -> Tensor:
         """t (...) in [0, 1] -> logSNR (...)."""
         return linear_logsnr(t, self.logsnr_min, self.logsnr_max)
-
-    def alpha_sigma(self, logsnr: Tensor) -> tuple[Tensor, Tensor]:
-        """logSNR (...) -> (alpha, sigma) of this (variance-preserving) process."""
-        return alpha_sigma(logsnr)
-
-    def sampling_logsnrs(self, steps: int, spacing: str = "time") -> Tensor:
-        """(steps + 1,) logSNRs from t = 1 towards t = 0, the last one +inf (a clean sample); ``spacing``
-        one of ``SPACINGS`` (:func:`sampling_grid`)."""
-        return sampling_grid(self.logsnr, steps, spacing)
 
 
 @dataclass(frozen=True)
