@@ -49,14 +49,20 @@ def _steps(logsnrs: Tensor, progress: bool, desc: str):
     return tqdm(range(len(logsnrs) - 1), desc=desc, disable=not progress, leave=False)
 
 
-def _noise(z: Tensor, generator: Generators) -> Tensor:
-    """Standard normal noise shaped like z (B, ...), from one generator or from B (row i from the i-th)."""
+def standard_normal(shape: Sequence[int], generator: Generators, device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> Tensor:
+    """Standard normal noise (B, ...) from one generator, or from B of them (row i from the i-th, as that
+    generator would draw it for a batch of one: a row does not depend on the others)."""
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-    if len(generator) != z.shape[0]:
-        raise ValueError(f"got {len(generator)} generators for a batch of {z.shape[0]}")
-    # each row is what its generator would draw for a batch of one
-    return torch.cat([torch.randn((1, *z.shape[1:]), generator=g, device=z.device, dtype=z.dtype) for g in generator])
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+
+
+def _noise(z: Tensor, generator: Generators) -> Tensor:
+    """Standard normal noise shaped like z (B, ...) (:func:`standard_normal`)."""
+    return standard_normal(z.shape, generator, z.device, z.dtype)
 
 
 @torch.no_grad()

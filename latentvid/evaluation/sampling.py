@@ -9,7 +9,6 @@ with seed ``seed + k`` (as tools/sample.py writes it), up to float rounding in b
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,38 +50,19 @@ def sample_seeded(
 ) -> torch.Tensor:
     """Videos (B, 3, T, H, W) in [-1, 1] for B ``captions`` in one batched run, video i from seed ``seeds[i]``.
 
-    ``model.sample`` draws a batch's noise from one generator, so its videos depend on the batch they
-    share. Here each video gets its own generator (starting noise and any fresh sampler noise), which
-    makes video i equal to ``model.sample([captions[i]], *shape, generator=Generator().manual_seed(seeds[i]))``
-    whatever else is in the batch. ``shape`` is (frames, height, width) in pixels; ``steps``,
-    ``sampler``, ``guidance``: None keeps the model's own; ``spacing``: the sampling grid.
-
-    The body repeats ``LatentDiffusion.sample`` with one generator per video, since ``sample`` takes
-    only one; tests/evaluation/test_sampling.py checks that a batch of one equals it exactly.
+    With one generator ``model.sample``'s videos depend on the batch they share. Here each video gets its
+    own generator (its starting noise and any fresh sampler noise), which makes video i equal to
+    ``model.sample([captions[i]], *shape, generator=Generator().manual_seed(seeds[i]))`` whatever else is in
+    the batch. ``shape`` is (frames, height, width) in pixels; ``steps``, ``sampler``, ``guidance``: None
+    keeps the model's own; ``spacing``: the sampling grid.
     """
     import torch
 
     if len(seeds) != len(captions):
         raise ValueError(f"{len(seeds)} seeds for {len(captions)} captions")
-    steps = steps or model.hparams.sample_steps
-    sampler = sampler or model.hparams.sampler
-    scale = model.hparams.guidance_scale if guidance is None else guidance
-    frames, height, width = shape
-    fs = model.first_stage
-    if height % fs.spatial_factor or width % fs.spatial_factor:
-        raise ValueError(f"height/width {height}x{width} must be multiples of the first stage's "
-                         f"spatial factor {fs.spatial_factor}")
-    latent = (1, fs.latent_channels, fs.latent_frames(frames), height // fs.spatial_factor, width // fs.spatial_factor)
     generators = [torch.Generator(device=model.device).manual_seed(int(s)) for s in seeds]
-    # each generator's first draw is its video's starting noise, as model.sample draws it for a batch of one
-    z = torch.cat([torch.randn(latent, generator=g, device=model.device) for g in generators])  # (B, C, t, h, w)
-    denoise = model.guided_denoiser(list(captions), fps, scale)
-    z = model.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generators, progress=progress,
-                          spacing=spacing)
-    video = fs.decode(z)
-    if not math.isfinite(float(video.abs().max())):
-        raise FloatingPointError("sampling produced non-finite values")
-    return video.clamp(-1.0, 1.0)
+    return model.sample(list(captions), *shape, fps=fps, steps=steps, sampler=sampler, guidance_scale=guidance,
+                        eta=eta, generator=generators, progress=progress, spacing=spacing)
 
 
 def sample_batches(

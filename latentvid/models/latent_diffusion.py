@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import is_dataclass
 
 import torch
@@ -34,6 +35,7 @@ from latentvid.diffusion import (
 from latentvid.diffusion.discrete import DiscreteSchedule
 from latentvid.diffusion.frame_masks import FrameMasks, draw_frame_masks
 from latentvid.diffusion.known_frames import known_frames_denoiser
+from latentvid.diffusion.samplers import standard_normal
 from latentvid.models.lr_schedules import warmup_lambda
 from latentvid.nn.first_stage import FirstStage, IdentityFirstStage
 
@@ -375,7 +377,7 @@ class LatentDiffusion(LightningModule):
         sampler: str | None = None,
         guidance_scale: float | None = None,
         eta: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = False,
         spacing: str = "time",
         known: Tensor | None = None,
@@ -385,7 +387,9 @@ class LatentDiffusion(LightningModule):
     ) -> Tensor:
         """Generate videos for ``captions``: returns (B, 3, num_frames, height, width) in [-1, 1].
 
-        ``generator`` (on this module's device) makes the result reproducible; None uses the global RNG.
+        ``generator`` (on this module's device) makes the result reproducible; None uses the global RNG. One
+        generator per caption gives each video its own noise, so video i does not depend on the batch it
+        shares (:func:`latentvid.evaluation.sampling.sample_seeded`).
         ``spacing``: the sampling grid, ``"time"``, ``"logsnr"`` or ``"karras"``
         (:func:`~latentvid.diffusion.schedule.sampling_grid`).
         ``known`` (B, C, t, h, w) latents and ``known_mask`` (B, t) bool: frames to keep (image-to-video,
@@ -406,7 +410,7 @@ class LatentDiffusion(LightningModule):
             raise ValueError(f"known latents must be {shape} with a ({b}, {shape[2]}) mask, got "
                              f"{tuple(known.shape)} / {None if known_mask is None else tuple(known_mask.shape)}")
         denoise = self.frames_denoiser(captions, fps, scale, known, known_mask, frames_method, frames_weight)
-        z = torch.randn(shape, generator=generator, device=self.device)
+        z = standard_normal(shape, generator, self.device)
         z = self.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generator, progress=progress,
                              spacing=spacing)
         video = fs.decode(z)
