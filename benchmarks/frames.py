@@ -120,10 +120,19 @@ def mean_step(clip: Tensor) -> float:
     return float((c[1:] - c[:-1]).norm(dim=1).nanmean())
 
 
+def speed_ratio(video: Tensor, clip: Tensor) -> float:
+    """How fast video (3, T, H, W) moves its shape against clip (3, T', H, W): mean per-frame centroid step
+    over video's frames (where the shape is seen in both of a pair) / clip's. NaN: no two such frames."""
+    return mean_step(video) / max(mean_step(clip), 1e-6)
+
+
 def extension_scores(videos: Tensor, clips: Tensor, window: int, overlap: int, truth: Tensor | None = None) -> dict:
     """Probe agreement of each new 9-frame stretch with the input clip, and the seams' jumps.
 
-    With ``truth`` (the true continuations, shaped like ``videos``) also ``in_view_*``: the same agreement
+    ``first_direction`` and ``first_speed``: the first new stretch alone, whether it keeps the input's
+    direction (share of clips) and the median of its speed against the input's (:func:`speed_ratio`; over
+    the clips where the shape is seen in it): what a first window makes of the given frames' motion,
+    before later windows build on its output. With ``truth`` (the true continuations, shaped like ``videos``) also ``in_view_*``: the same agreement
     over only the stretches whose true continuation still reads as the input clip on all three attributes,
     and ``in_view_stretches``, their number."""
     t0, total, n = clips.shape[2], videos.shape[2], DATA_FRAMES
@@ -131,9 +140,13 @@ def extension_scores(videos: Tensor, clips: Tensor, window: int, overlap: int, t
     seams = list(range(t0, total, window - overlap))
     agree = {a: [] for a in (*ATTRIBUTES, "all")}
     in_view = {a: [] for a in (*ATTRIBUTES, "all")}
-    ratios = []
+    ratios, first_direction, first_speed = [], [], []
     for k, (video, clip) in enumerate(zip(videos, clips)):
         ref = classify_video(clip)
+        if stretches:
+            lo, hi = stretches[0]
+            first_direction.append(classify_video(video[:, lo:hi])["direction"] == ref["direction"])
+            first_speed.append(speed_ratio(video[:, lo:hi], clip))
         for lo, hi in stretches:
             got = classify_video(video[:, lo:hi])
             hits = [got[a] == ref[a] for a in ATTRIBUTES]
@@ -145,6 +158,8 @@ def extension_scores(videos: Tensor, clips: Tensor, window: int, overlap: int, t
         ratios += seam_ratios(video, seams, mean_step(clip))
     r = np.array(ratios, dtype=np.float64)
     finite = r[np.isfinite(r)]
+    speeds = np.array(first_speed, dtype=np.float64)
+    speeds = speeds[np.isfinite(speeds)]
     if truth is not None:
         n_view = len(in_view["all"])
         agree_in_view = {f"in_view_{a}": float(np.mean(v)) if n_view else float("nan") for a, v in in_view.items()}
@@ -154,7 +169,10 @@ def extension_scores(videos: Tensor, clips: Tensor, window: int, overlap: int, t
     return {**{f"probe_{a}": float(np.mean(v)) for a, v in agree.items()}, **agree_in_view,
             "seam_within": float(np.mean(finite <= SEAM_LIMIT)) if len(finite) else float("nan"),
             "seam_median": float(np.median(finite)) if len(finite) else float("nan"),
-            "seams_without_shape": int((~np.isfinite(r)).sum()), "stretches": stretches, "seams": seams}
+            "seams_without_shape": int((~np.isfinite(r)).sum()),
+            "first_direction": float(np.mean(first_direction)) if first_direction else float("nan"),
+            "first_speed": float(np.median(speeds)) if len(speeds) else float("nan"),
+            "stretches": stretches, "seams": seams}
 
 
 def i2v_scores(videos: Tensor, images: Tensor, recon: Tensor, captions: list[str]) -> dict:
@@ -228,10 +246,11 @@ def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions:
 
 def table(rows: list[dict]) -> str:
     """One line per method: extension at the data's speeds (in view: the stretches whose true continuation
-    reads as the input), extension of clips that stay in view, image-to-video, interpolation."""
+    reads as the input), extension of clips that stay in view (with the first new stretch's direction and
+    speed against the input's), image-to-video, interpolation."""
     head = (f"{'method':>16s} | {'ext all':>7s} {'colour':>6s} {'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} "
             f"{'seam med':>8s} {'in view: all':>12s} {'dir':>5s} {'n':>4s} | {'stay: all':>9s} {'colour':>6s} "
-            f"{'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} | {'i2v 1st':>7s} {'VAE':>6s} {'diff':>6s} {'moves':>5s} "
+            f"{'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} {'1st dir':>7s} {'speed':>5s} | {'i2v 1st':>7s} {'VAE':>6s} {'diff':>6s} {'moves':>5s} "
             f"{'dir':>5s} | {'interp':>6s} {'linear':>6s} {'wins':>5s}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -240,7 +259,7 @@ def table(rows: list[dict]) -> str:
                f"{e['seam_within']:9.2f} {e['seam_median']:8.2f} {e.get('in_view_all', float('nan')):12.2f} "
                f"{e.get('in_view_direction', float('nan')):5.2f} {e.get('in_view_stretches', 0):4d}" if e else " " * 71)
         stay = (f"{v['probe_all']:9.2f} {v['probe_colour']:6.2f} {v['probe_shape']:6.2f} {v['probe_direction']:5.2f} "
-                f"{v['seam_within']:9.2f}" if v else " " * 39)
+                f"{v['seam_within']:9.2f} {v['first_direction']:7.2f} {v['first_speed']:5.2f}" if v else " " * 53)
         im = (f"{i['first_psnr']:7.2f} {i['vae_psnr']:6.2f} {i['first_minus_vae']:6.2f} {i['moves']:5.2f} "
               f"{i['direction']:5.2f}" if i else " " * 33)
         it = f"{p['psnr']:6.2f} {p['linear_psnr']:6.2f} {p['beats_linear']:5.2f}" if p else ""

@@ -50,6 +50,13 @@ def test_scores_of_true_clips(load_script):
     stay = bench.extension_scores(slow, slow[:, :, :9], 9, 5, slow)
     assert stay["probe_all"] == 1.0 and stay["in_view_stretches"] == 12 * 3
     assert 0.75 < stay["seam_median"] < 1.3 and stay["seam_within"] >= 0.75  # sub-pixel steps: noisy, not broken
+    assert stay["first_direction"] == 1.0 and 0.8 < stay["first_speed"] < 1.25  # the truth keeps its pace
+    # a continuation at 3x the pace (every 3rd true frame after the input's last): 3x the speed
+    hurried = torch.cat([slow[:, :, :9], slow[:, :, 11::3]], 2)  # frames 0-8, then 11, 14, ..., 32
+    fast3 = bench.extension_scores(hurried, slow[:, :, :9], 9, 5)
+    assert 2.4 < fast3["first_speed"] < 3.6 and fast3["first_direction"] == 1.0
+    backwards = torch.cat([slow[:, :, :9], slow[:, :, :9].flip(2)[:, :, 1:]], 2)  # returns the way it came
+    assert bench.extension_scores(backwards, slow[:, :, :9], 9, 5)["first_direction"] == 0.0
     with pytest.raises(ValueError, match="in_view"):
         bench.held_out_inputs(2, 0, in_view=True)
     # their frame rate: the data's travel per 8 steps at 8 fps, over 32 steps -> 32 fps
