@@ -76,7 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "checkpoint, else reconstruction guidance; for --interpolate, replacement "
                             "measured 8 dB better than guidance on shapes, README)")
     given.add_argument("--frames-weight", type=float, default=1.0, help="w_r of reconstruction guidance (default 1)")
-    given.add_argument("--window", type=int, help="--extend: frames per window (default: the training clip length)")
+    given.add_argument("--window", type=int,
+                       help="--extend: frames per window (default: the training clip length; on the 9-frame shapes "
+                            "i2v model, --window 13 --overlap 9 kept the held-out motion in 0.98 of the stretches "
+                            "in view against 0.93, README)")
     given.add_argument("--overlap", type=int,
                        help="--extend: given frames per window, 1 + 4 m with the causal VAE (default: about half)")
     return p.parse_args(argv)
