@@ -7,8 +7,6 @@ import torch
 from PIL import Image
 
 from latentvid.conditioning.text import OpenCLIPTextEncoder
-from latentvid.data.shapes import render_clip, video_caption
-from latentvid.data.video import from_uint8
 from latentvid.diffusion import ConditioningAugmentation
 from latentvid.diffusion.schedule import CosineSchedule, cosine_t_from_logsnr
 from latentvid.models.super_resolution import (
@@ -22,6 +20,8 @@ from latentvid.models.super_resolution import (
     upsample_space,
 )
 from latentvid.nn.unet3d import UNet3D
+
+from .test_latent_diffusion import loss_before_and_after, shapes_batch
 
 
 def tiny_unet(in_channels: int, context_dim: int | None = None, temporal_attention: bool = False) -> UNet3D:
@@ -46,15 +46,6 @@ def randomize(model) -> None:
     for name, p in model.unet.named_parameters():
         if "temporal" in name or "out_conv" in name:
             p.data = torch.randn(p.shape, generator=g) * 0.3
-
-
-def shapes_batch(n: int = 4, t: int = 4, size: int = 16, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    combos = [("red", "circle", "left"), ("blue", "square", "up"), ("green", "triangle", "right"),
-              ("yellow", "circle", "down")]
-    clips = [from_uint8(render_clip(*combos[i % 4], num_frames=t, size=size, rng=rng)) for i in range(n)]
-    return {"video": torch.stack(clips), "caption": [video_caption(*combos[i % 4]) for i in range(n)],
-            "fps": torch.full((n,), 8.0), "frame_mask": torch.ones(n, t, dtype=torch.bool)}
 
 
 def unet_inputs(model) -> dict:
@@ -285,24 +276,7 @@ def test_a_few_training_steps_reduce_the_loss(make):
     torch.manual_seed(0)
     model = make()
     model.hparams.lr, model.hparams.warmup_steps = 3e-3, 1
-    opt = model.configure_optimizers()["optimizer"]
-    batch = shapes_batch(n=4, t=4, size=16)
-
-    def eval_loss():
-        model.eval()
-        with torch.no_grad():
-            t = torch.linspace(0.1, 0.9, 4)
-            losses = [model.diffusion_loss(batch, generator=torch.Generator().manual_seed(s), t=t) for s in range(3)]
-        model.train()
-        return torch.stack(losses).mean().item()
-
-    before = eval_loss()
-    for step in range(40):
-        loss = model.diffusion_loss(batch, generator=torch.Generator().manual_seed(100 + step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    after = eval_loss()
+    before, after = loss_before_and_after(model, shapes_batch(n=4, t=4, size=16), steps=40, eval_draws=3)
     # measured: SSR 0.82 -> 0.54, TSR (blank) 0.82 -> 0.47 after 40 steps
     assert after < 0.75 * before, f"loss {before:.4f} -> {after:.4f}"
 
