@@ -31,11 +31,9 @@ CLIP = ClipSpec(num_frames=4, size=16)
 SHAPES = Path(__file__).resolve().parents[2] / "data" / "shapes"  # the bundled set, read only
 
 
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of BATCH * WORKERS - 1 tiny clips and, per size n, ``index{n}.jsonl`` listing the
-    first n and ``shards{n}/`` holding them as webdataset shards of 2 samples."""
-    root = tmp_path_factory.mktemp("small")
+def write_clips(root: Path) -> None:
+    """Into root: BATCH * WORKERS - 1 tiny clips and, per size n, ``index{n}.jsonl`` listing the first n
+    and ``shards{n}/`` holding them as webdataset shards of 2 samples."""
     rows = []
     for i in range(max(SIZES)):
         frames = np.random.default_rng(i).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
@@ -46,6 +44,13 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with ShardWriter(str(root / f"shards{n}" / "%03d.tar"), samples_per_shard=2) as writer:
             for r in rows[:n]:
                 writer.write({"__key__": r["key"], "mp4": (root / r["path"]).read_bytes(), "txt": r["caption"]})
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder from :func:`write_clips`."""
+    root = tmp_path_factory.mktemp("small")
+    write_clips(root)
     return root
 
 
@@ -106,8 +111,8 @@ def test_an_epoch_without_a_batch_stops_instead_of_spinning(clips: Path) -> None
         list(loader)
 
 
-def write_latents(root: Path, n: int) -> set[str]:
-    """A latent folder (tools/encode_latents.py's layout) of n clips; returns their keys."""
+def write_latents(root: Path, n: int, prefix: str = "z") -> set[str]:
+    """A latent folder (tools/encode_latents.py's layout) of n clips keyed ``{prefix}{i}``; returns the keys."""
     (root / "latents").mkdir(parents=True)
     meta = {"format": "latentvid-latents", "version": 1, "num_frames": 5, "height": 8, "width": 8,
             "latent_channels": 2, "latent_frames": 2, "spatial_factor": 4, "temporal_factor": 4}
@@ -115,7 +120,7 @@ def write_latents(root: Path, n: int) -> set[str]:
     rows = []
     for i in range(n):
         torch.save(torch.full((2, 2, 2, 2), float(i)), root / "latents" / f"z{i}.pt")
-        rows.append({"key": f"z{i}", "path": f"latents/z{i}.pt", "caption": f"clip {i}", "fps": 8.0,
+        rows.append({"key": f"{prefix}{i}", "path": f"latents/z{i}.pt", "caption": f"clip {i}", "fps": 8.0,
                      "latent_shape": [2, 2, 2, 2], "latent_mask": [True, True], "image": False})
     (root / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {r["key"] for r in rows}

@@ -11,43 +11,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from latentvid.data.clips import ClipSpec
 from latentvid.data.folder import VideoFolder
 from latentvid.data.latents import LatentDataModule
-from latentvid.data.shards import ShardWriter, VideoShards
-from latentvid.data.video import write_video
+from latentvid.data.shards import VideoShards
 from latentvid.data.video_text import VideoTextDataModule
 
+from .test_small_data import SIZES, write_clips, write_latents
+
 BATCH, WORKERS, WORLD = 4, 2, 2
-SIZES = (1, 3, BATCH * WORKERS - 1)
 
 
 def make_data(root: Path) -> None:
     """Per size n: clips listed in ``index{n}.jsonl``, the same as shards in ``shards{n}/``, and a
-    latent folder ``latents{n}/``."""
-    rows = []
-    for i in range(max(SIZES)):
-        frames = np.random.default_rng(i).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
-        write_video(root / f"clip{i}.mp4", frames, fps=8)
-        rows.append({"path": f"clip{i}.mp4", "caption": f"clip {i}", "key": f"clip{i}"})
+    latent folder ``latents{n}/`` keyed like the clips."""
+    write_clips(root)
     for n in SIZES:
-        (root / f"index{n}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n]))
-        with ShardWriter(str(root / f"shards{n}" / "%03d.tar"), samples_per_shard=2) as writer:
-            for r in rows[:n]:
-                writer.write({"__key__": r["key"], "mp4": (root / r["path"]).read_bytes(), "txt": r["caption"]})
-        z = root / f"latents{n}"
-        (z / "latents").mkdir(parents=True)
-        (z / "meta.json").write_text(json.dumps({"format": "latentvid-latents", "version": 1}))
-        index = []
-        for i in range(n):
-            torch.save(torch.full((2, 2, 2, 2), float(i)), z / "latents" / f"z{i}.pt")
-            index.append({"key": f"clip{i}", "path": f"latents/z{i}.pt", "caption": "c", "fps": 8.0,
-                          "latent_shape": [2, 2, 2, 2], "latent_mask": [True, True]})
-        (z / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in index))
+        write_latents(root / f"latents{n}", n, prefix="clip")
 
 
 def module(root: Path, kind: str, n: int, policy: str):
