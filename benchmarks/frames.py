@@ -132,7 +132,9 @@ def extension_scores(videos: Tensor, clips: Tensor, window: int, overlap: int, t
     ``first_direction`` and ``first_speed``: the first new stretch alone, whether it keeps the input's
     direction (share of clips) and the median of its speed against the input's (:func:`speed_ratio`; over
     the clips where the shape is seen in it): what a first window makes of the given frames' motion,
-    before later windows build on its output. With ``truth`` (the true continuations, shaped like ``videos``) also ``in_view_*``: the same agreement
+    before later windows build on its output.
+
+    With ``truth`` (the true continuations, shaped like ``videos``) also ``in_view_*``: the same agreement
     over only the stretches whose true continuation still reads as the input clip on all three attributes,
     and ``in_view_stretches``, their number."""
     t0, total, n = clips.shape[2], videos.shape[2], DATA_FRAMES
@@ -250,8 +252,8 @@ def table(rows: list[dict]) -> str:
     speed against the input's), image-to-video, interpolation."""
     head = (f"{'method':>16s} | {'ext all':>7s} {'colour':>6s} {'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} "
             f"{'seam med':>8s} {'in view: all':>12s} {'dir':>5s} {'n':>4s} | {'stay: all':>9s} {'colour':>6s} "
-            f"{'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} {'1st dir':>7s} {'speed':>5s} | {'i2v 1st':>7s} {'VAE':>6s} {'diff':>6s} {'moves':>5s} "
-            f"{'dir':>5s} | {'interp':>6s} {'linear':>6s} {'wins':>5s}")
+            f"{'shape':>6s} {'dir':>5s} {'seam<=1.5':>9s} {'1st dir':>7s} {'speed':>5s} | {'i2v 1st':>7s} {'VAE':>6s} "
+            f"{'diff':>6s} {'moves':>5s} {'dir':>5s} | {'interp':>6s} {'linear':>6s} {'wins':>5s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         e, v, i, p = r.get("extend"), r.get("extend_in_view"), r.get("i2v"), r.get("interp")

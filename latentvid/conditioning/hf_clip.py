@@ -41,8 +41,9 @@ def _import_transformers():
     return transformers
 
 
-SD_LAYOUT = ("Point `path` at a local diffusers-format Stable Diffusion folder (text_encoder/ and tokenizer/ beside "
-             "unet/, vae/, scheduler/), e.g. `huggingface-cli download <repo> --local-dir <dir>` on a machine with internet.")
+SD_LAYOUT = ("Point `path` at a local diffusers-format Stable Diffusion folder (text_encoder/ and tokenizer/ "
+             "beside unet/, vae/, scheduler/), e.g. `huggingface-cli download <repo> --local-dir <dir>` on a machine "
+             "with internet.")
 
 
 class HFCLIPTextEncoder(PretrainedTextTower):
