@@ -220,8 +220,8 @@ def run_method(name: str, model, opts: FrameOptions, tasks: list[str], captions:
         g = torch.Generator().manual_seed(args.seed)
         clips, truth = inputs[task]
         task_opts = replace(opts, fps=args.stay_fps) if task == "extend_in_view" else opts
-        videos = batched(lambda c, x: extend_video(model, x, c, args.extend_to, window, args.overlap, task_opts, g),
-                         n, args.batch, clips, captions=captions)
+        videos = batched(lambda c, x: extend_video(model, x, c, args.extend_to, window, args.overlap, task_opts, g,
+                                                   stride=args.stride), n, args.batch, clips, captions=captions)
         overlap = args.overlap or default_overlap(model, window)
         row[task] = {**extension_scores(videos, clips, window, overlap, truth), "seconds": time.perf_counter() - t}
         if keep is not None:
@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--input-frames", type=int, default=9, help="frames of each clip to extend")
     p.add_argument("--window", type=int, default=9, help="extension window and image-to-video length")
     p.add_argument("--overlap", type=int, default=None, help="given frames per extension window (default 5)")
+    p.add_argument("--stride", type=int, default=1,
+                   help="extend every STRIDE-th input frame, then interpolate (extend_video's stride; needs "
+                        "--input-frames >= 1 + STRIDE (overlap - 1))")
     p.add_argument("--stay-fps", type=float, default=float(FPS),
                    help=f"frame rate the extend_in_view clips are sampled at (default {FPS}, the rate the shapes models "
                         "are trained at, as tools/sample.py's default --fps; their true rate, the data's motion per "

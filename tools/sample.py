@@ -82,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "in view against 0.93, README)")
     given.add_argument("--overlap", type=int,
                        help="--extend: given frames per window, 1 + 4 m with the causal VAE (default: about half)")
+    given.add_argument("--stride", type=int, default=1,
+                       help="--extend: extend every STRIDE-th frame (at fps / STRIDE), then interpolate between "
+                            "(default 1): for motion slower than the model's own pace; the clip needs "
+                            "1 + STRIDE (overlap - 1) frames (README)")
     return p.parse_args(argv)
 
 
@@ -170,7 +174,8 @@ def run_frames(args: argparse.Namespace, captions: list[str], model, shape: tupl
             if args.image:
                 video = image_to_video(model, source, [caption], frames, opts, g)
             elif args.extend:
-                video = extend_video(model, source, [caption], args.frames, args.window or frames, args.overlap, opts, g)
+                video = extend_video(model, source, [caption], args.frames, args.window or frames, args.overlap, opts, g,
+                                     stride=args.stride)
             else:
                 video = interpolate_video(model, source, [caption], args.factor, opts, g)
             if upsample is not None:

@@ -19,13 +19,15 @@ space through the decoder: reconstruction guidance with ``decode`` (methods ``tr
 Extension runs windows of the training length with overlap: each new window's given prefix is the
 last ``overlap`` (1 + f m) frames generated so far, re-encoded, so that the prefix is exact under the
 causal VAE (a window's last latent frames summarise f frames each, which a window's first latent
-frame, one frame alone, cannot stand for).
+frame, one frame alone, cannot stand for). With ``stride`` s it extends every s-th frame instead (at
+fps / s) and fills in by interpolation: keyframes move s times as far per frame, for motion slower than
+the pace a model continues at.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -177,12 +179,23 @@ def default_overlap(model: LatentDiffusion, window: int) -> int:
 
 def extend_video(model: LatentDiffusion, clips: Tensor, captions: list[str], num_frames: int, window: int,
                  overlap: int | None = None, options: FrameOptions | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None, stride: int = 1) -> Tensor:
     """Continue ``clips`` (B, 3, T0, H, W) to (B, 3, num_frames, H, W): windows of ``window`` frames whose
     first ``overlap`` frames (1 + f m; default :func:`default_overlap`) are the last ones so far. The input
-    frames are kept as given; each window adds ``window - overlap`` frames (the last one is cut to fit)."""
+    frames are kept as given; each window adds ``window - overlap`` frames (the last one is cut to fit).
+
+    ``stride`` s > 1 extends keyframes instead: every s-th frame of the clip (ending at its last frame),
+    conditioned on ``options.fps / s``, is extended window by window past ``num_frames``, and
+    :func:`interpolate_video` (factor s) fills in the frames from the clip's last one on. For motion
+    slower than the model's own pace, which it continues at that pace (README: a shapes model that reads
+    the given direction moved ~4x too fast): the keyframes move s times as far per frame. The clip needs
+    ``overlap`` keyframes, i.e. 1 + s (overlap - 1) frames or more."""
     if clips.ndim != 5 or clips.shape[1] != 3:
         raise ValueError(f"clips must be (B, 3, T, H, W), got {tuple(clips.shape)}")
+    if stride < 1:
+        raise ValueError(f"stride = {stride} must be at least 1")
+    if stride > 1:
+        return _extend_keyframes(model, clips, captions, num_frames, window, overlap, options, generator, stride)
     t0 = clips.shape[2]
     check_frames(model, window, "window")
     overlap = default_overlap(model, window) if overlap is None else overlap
@@ -202,6 +215,30 @@ def extend_video(model: LatentDiffusion, clips: Tensor, captions: list[str], num
         new = sample_with_frames(model, captions, pixels, mask, options, generator)
         video = torch.cat([video, new[:, :, overlap:]], dim=2)
     return video[:, :, :num_frames]
+
+
+def _extend_keyframes(model: LatentDiffusion, clips: Tensor, captions: list[str], num_frames: int, window: int,
+                      overlap: int | None, options: FrameOptions | None, generator: torch.Generator | None,
+                      stride: int) -> Tensor:
+    """:func:`extend_video` with ``stride`` > 1 (its docstring)."""
+    opts = options or FrameOptions()
+    t0 = clips.shape[2]
+    if num_frames <= t0:
+        raise ValueError(f"--frames = {num_frames} must exceed the clip's {t0} frames to extend it")
+    keys = clips[:, :, (t0 - 1) % stride:: stride]  # (B, 3, k0, H, W), the last one the clip's last frame
+    k0 = keys.shape[2]
+    overlap = default_overlap(model, window) if overlap is None else overlap
+    if k0 < overlap:
+        raise ValueError(f"the clip's {t0} frames give {k0} keyframes at stride {stride}, fewer than the overlap "
+                         f"of {overlap}: give at least {1 + stride * (overlap - 1)} frames, or a smaller stride")
+    new_keys = -(-(num_frames - t0) // stride)  # keyframes past the clip's last frame
+    f = model.first_stage.temporal_factor
+    while (new_keys * stride) % f:  # the filled stretch, new_keys * stride + 1 frames, must fit the VAE
+        new_keys += 1
+    keys = extend_video(model, keys, captions, k0 + new_keys, window, overlap,
+                        replace(opts, fps=opts.fps / stride), generator)
+    filled = interpolate_video(model, keys[:, :, k0 - 1:], captions, stride, opts, generator)
+    return torch.cat([clips.to(filled), filled[:, :, 1:]], dim=2)[:, :, :num_frames]
 
 
 def interpolate_video(model: LatentDiffusion, clips: Tensor, captions: list[str], factor: int,

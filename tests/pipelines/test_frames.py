@@ -111,6 +111,41 @@ def test_extension_keeps_the_clip_and_conditions_each_window_on_the_last_frames(
         torch.testing.assert_close(pixels[:, :, :5], out[:, :, 4 * i + 4: 4 * i + 9])  # the last 5 frames so far
 
 
+def test_keyframe_extension_extends_every_sth_frame_then_fills_in(models, monkeypatch):
+    model = models["conditioned"]
+    given = clip(17)
+    calls = []
+    import latentvid.pipelines.frames as frames
+
+    real = frames.sample_with_frames
+
+    def spy(m, captions, pixels, mask, options, generator):
+        out = real(m, captions, pixels, mask, options, generator)
+        calls.append((pixels.clone(), mask.clone(), options.fps, out))
+        return out
+
+    monkeypatch.setattr(frames, "sample_with_frames", spy)
+    out = extend_video(model, given, CAPTION, 33, window=9, options=FrameOptions(method="trained", fps=8.0),
+                       generator=torch.Generator().manual_seed(0), stride=4)
+    assert out.shape == (1, 3, 33, 32, 32)
+    assert torch.equal(out[:, :, :17], given)  # the input frames, as given
+    # keyframes 0, 4, ..., 16 (5, the overlap) -> 9 keyframes (frame 32) in one window at 8 / 4 fps
+    (keys_in, keys_mask, keys_fps, keys_out), (fill_in, fill_mask, fill_fps, _) = calls
+    assert keys_fps == 2.0 and fill_fps == 8.0
+    assert keys_mask.tolist() == [True] * 5 + [False] * 4
+    torch.testing.assert_close(keys_in[:, :, :5], given[:, :, ::4])
+    # then x4 interpolation from the clip's last frame over the new keyframes, which the output keeps
+    assert fill_mask.tolist() == [i % 4 == 0 for i in range(17)]
+    torch.testing.assert_close(fill_in[:, :, 0], given[:, :, 16])
+    torch.testing.assert_close(fill_in[:, :, 4::4], keys_out[:, :, 5:].to(fill_in))
+    torch.testing.assert_close(out[:, :, 16::4], fill_in[:, :, ::4].to(out))
+    # the keyframes end at the clip's last frame; too few of them for the overlap is one line naming both
+    with pytest.raises(ValueError, match="9 frames give 3 keyframes at stride 4.*at least 17 frames"):
+        extend_video(model, clip(9), CAPTION, 33, window=9, stride=4)
+    with pytest.raises(ValueError, match="stride = 0"):
+        extend_video(model, clip(9), CAPTION, 33, window=9, stride=0)
+
+
 @pytest.mark.parametrize("kind,method", [("conditioned", "trained"), ("plain", "replacement"), ("plain", "guidance")])
 def test_interpolation_keeps_the_given_frames_and_fills_between(models, kind, method):
     model = models[kind]

@@ -81,16 +81,17 @@ def test_tiny_frames_run(tmp_path: Path, load_script):
     i2v = fit(config(tmp_path / "i2v", tmp_path / "shapes", init_from=str(base), unet={"frame_conditioning": True}),
               tmp_path / "i2v.yaml")
     out = tmp_path / "frames.json"
-    seen = []  # (clip frames, fps) of each extension call: the in-view clips go in at their own rate
+    seen = []  # (clip frames, fps, stride) of each extension call: the in-view clips go in at their own rate
     real_extend = bench.extend_video
 
-    def extend(model, clips, *args):
-        seen.append((clips.shape[2], args[-2].fps))
-        return real_extend(model, clips, *args)
+    def extend(model, clips, *args, **kwargs):
+        seen.append((clips.shape[2], args[-2].fps, kwargs["stride"]))
+        return real_extend(model, clips, *args, **kwargs)
 
     bench.extend_video = extend
     result = bench.main(["--base", str(base), "--i2v", str(i2v), "--samples", "2", "--steps", "2", "--weights", "3",
-                         "--extend-to", "17", "--stay-fps", "16", "--batch", "2", "--threads", "1", "--out", str(out),
+                         "--extend-to", "17", "--stay-fps", "16", "--stride", "2", "--batch", "2", "--threads", "1",
+                         "--out", str(out),
                          "--grid", str(tmp_path / "grid.png")])
     assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
     from PIL import Image
@@ -98,7 +99,7 @@ def test_tiny_frames_run(tmp_path: Path, load_script):
     # 2 input sets x 2 clips x (the truth + 3 methods) rows of 9 frames (every other of 17), 32 px at scale 2
     assert Image.open(tmp_path / "grid.png").size == (9 * 66 - 2, 16 * 66 - 2)
     assert [r["method"] for r in result["rows"]] == ["true continuation", "replacement", "guidance w_r=3", "trained"]
-    assert sorted(set(seen)) == [(9, 8.0), (9, 16.0)]  # --stay-fps reaches the in-view clips only
+    assert sorted(set(seen)) == [(9, 8.0, 2), (9, 16.0, 2)]  # --stay-fps reaches the in-view clips only
     for row in result["rows"]:
         for task in ("extend", "extend_in_view"):
             assert 0.0 <= row[task]["probe_all"] <= 1.0 and len(row[task]["seams"]) == 2

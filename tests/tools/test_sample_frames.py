@@ -150,6 +150,7 @@ def test_interpolate_an_mp4(runs, ckpt):
     (("--image", "first.png", "--frames", "8"), "--frames = 8 does not fit the VAE"),
     (("--extend", "clip9.mp4"), "--extend needs --frames"),
     (("--extend", "clip9.mp4", "--frames", "17", "--overlap", "4"), "overlap = 4 does not fit"),
+    (("--extend", "clip9.mp4", "--frames", "33", "--stride", "4"), "9 frames give 3 keyframes at stride 4"),
     (("--interpolate", "clip4.mp4"), r"interpolated length (4 - 1) x 2 + 1 = 7 does not fit"),
     (("--image", "first.png", "--frames-method", "trained"), "needs a frame-conditioned network"),
 ])
