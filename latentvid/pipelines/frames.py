@@ -186,7 +186,8 @@ def extend_video(model: LatentDiffusion, clips: Tensor, captions: list[str], num
 
     ``stride`` s > 1 extends keyframes instead: every s-th frame of the clip (ending at its last frame),
     conditioned on ``options.fps / s``, is extended window by window past ``num_frames``, and
-    :func:`interpolate_video` (factor s) fills in the frames from the clip's last one on. For motion
+    :func:`interpolate_video` (factor s) fills in the frames from the clip's last one on, about a window's
+    length at a time. For motion
     slower than the model's own pace, which it continues at that pace (README: a shapes model that reads
     the given direction moved ~4x too fast): the keyframes move s times as far per frame. The clip needs
     ``overlap`` keyframes, i.e. 1 + s (overlap - 1) frames or more."""
@@ -237,8 +238,20 @@ def _extend_keyframes(model: LatentDiffusion, clips: Tensor, captions: list[str]
         new_keys += 1
     keys = extend_video(model, keys, captions, k0 + new_keys, window, overlap,
                         replace(opts, fps=opts.fps / stride), generator)
-    filled = interpolate_video(model, keys[:, :, k0 - 1:], captions, stride, opts, generator)
-    return torch.cat([clips.to(filled), filled[:, :, 1:]], dim=2)[:, :, :num_frames]
+    tail = keys[:, :, k0 - 1:]  # (B, 3, new_keys + 1, H, W): from the clip's last frame on
+    # fill in a window's worth at a time: per keyframes make (per - 1) stride + 1 frames, which must fit the VAE
+    per = max(2, (window - 1) // stride + 1)
+    while per > 2 and ((per - 1) * stride) % f:
+        per -= 1
+    while ((per - 1) * stride) % f:
+        per += 1
+    n, done, pieces = tail.shape[2], 0, []
+    while done < n - 1:
+        lo = min(done, max(0, n - per))  # the last piece overlaps the one before rather than run short
+        piece = interpolate_video(model, tail[:, :, lo: lo + per], captions, stride, opts, generator)
+        pieces.append(piece[:, :, (done - lo) * stride + 1:])  # the frames after keyframe `done`
+        done = min(lo + per, n) - 1
+    return torch.cat([clips.to(pieces[0]), *pieces], dim=2)[:, :, :num_frames]
 
 
 def interpolate_video(model: LatentDiffusion, clips: Tensor, captions: list[str], factor: int,
