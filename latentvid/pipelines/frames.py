@@ -195,8 +195,6 @@ def extend_video(model: LatentDiffusion, clips: Tensor, captions: list[str], num
         raise ValueError(f"clips must be (B, 3, T, H, W), got {tuple(clips.shape)}")
     if stride < 1:
         raise ValueError(f"stride = {stride} must be at least 1")
-    if stride > 1:
-        return _extend_keyframes(model, clips, captions, num_frames, window, overlap, options, generator, stride)
     t0 = clips.shape[2]
     check_frames(model, window, "window")
     overlap = default_overlap(model, window) if overlap is None else overlap
@@ -205,6 +203,8 @@ def extend_video(model: LatentDiffusion, clips: Tensor, captions: list[str], num
         raise ValueError(f"overlap = {overlap} must be at least 1 and below the window of {window} frames")
     if num_frames <= t0:
         raise ValueError(f"--frames = {num_frames} must exceed the clip's {t0} frames to extend it")
+    if stride > 1:
+        return _extend_keyframes(model, clips, captions, num_frames, window, overlap, options, generator, stride)
     if t0 < overlap:
         raise ValueError(f"the clip has {t0} frames, fewer than the overlap of {overlap}")
     mask = torch.zeros(window, dtype=torch.bool)
@@ -219,16 +219,13 @@ def extend_video(model: LatentDiffusion, clips: Tensor, captions: list[str], num
 
 
 def _extend_keyframes(model: LatentDiffusion, clips: Tensor, captions: list[str], num_frames: int, window: int,
-                      overlap: int | None, options: FrameOptions | None, generator: torch.Generator | None,
+                      overlap: int, options: FrameOptions | None, generator: torch.Generator | None,
                       stride: int) -> Tensor:
-    """:func:`extend_video` with ``stride`` > 1 (its docstring)."""
+    """:func:`extend_video` with ``stride`` > 1 (its docstring), after its checks of the arguments."""
     opts = options or FrameOptions()
     t0 = clips.shape[2]
-    if num_frames <= t0:
-        raise ValueError(f"--frames = {num_frames} must exceed the clip's {t0} frames to extend it")
     keys = clips[:, :, (t0 - 1) % stride:: stride]  # (B, 3, k0, H, W), the last one the clip's last frame
     k0 = keys.shape[2]
-    overlap = default_overlap(model, window) if overlap is None else overlap
     if k0 < overlap:
         raise ValueError(f"the clip's {t0} frames give {k0} keyframes at stride {stride}, fewer than the overlap "
                          f"of {overlap}: give at least {1 + stride * (overlap - 1)} frames, or a smaller stride")
