@@ -141,6 +141,16 @@ def test_keyframe_extension_extends_every_sth_frame_then_fills_in(models, monkey
         assert fill_fps == 8.0 and fill_mask.tolist() == [k % 4 == 0 for k in range(9)]
         torch.testing.assert_close(fill_in[:, :, ::4], tail[:, :, 2 * i: 2 * i + 3].to(fill_in))
     torch.testing.assert_close(out[:, :, 16::4], tail.to(out))
+    # 3 new keyframes do not split into whole 3-keyframe pieces: the last piece overlaps the first and only
+    # its frames after keyframe 2 are kept, so every keyframe still lands on its frame
+    calls.clear()
+    out = extend_video(model, given, CAPTION, 29, window=9, options=FrameOptions(method="trained"),
+                       generator=torch.Generator().manual_seed(0), stride=4)
+    (_, _, _, keys_out), *fills = calls
+    tail = torch.cat([given[:, :, 16:17], keys_out[:, :, 5:8].to(given)], 2)  # keyframes 16, 20, 24, 28
+    assert out.shape == (1, 3, 29, 32, 32) and len(fills) == 2
+    torch.testing.assert_close(fills[1][0][:, :, ::4], tail[:, :, 1:].to(fills[1][0]))
+    torch.testing.assert_close(out[:, :, 16::4], tail.to(out))
     # the keyframes end at the clip's last frame; too few of them for the overlap is one line naming both
     with pytest.raises(ValueError, match="9 frames give 3 keyframes at stride 4.*at least 17 frames"):
         extend_video(model, clip(9), CAPTION, 33, window=9, stride=4)
