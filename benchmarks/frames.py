@@ -145,12 +145,11 @@ def extension_scores(videos: Tensor, clips: Tensor, window: int, overlap: int, t
     ratios, first_direction, first_speed = [], [], []
     for k, (video, clip) in enumerate(zip(videos, clips)):
         ref = classify_video(clip)
-        if stretches:
-            lo, hi = stretches[0]
-            first_direction.append(classify_video(video[:, lo:hi])["direction"] == ref["direction"])
-            first_speed.append(speed_ratio(video[:, lo:hi], clip))
-        for lo, hi in stretches:
+        for j, (lo, hi) in enumerate(stretches):
             got = classify_video(video[:, lo:hi])
+            if j == 0:
+                first_direction.append(got["direction"] == ref["direction"])
+                first_speed.append(speed_ratio(video[:, lo:hi], clip))
             hits = [got[a] == ref[a] for a in ATTRIBUTES]
             visible = truth is not None and all(classify_video(truth[k, :, lo:hi])[a] == ref[a] for a in ATTRIBUTES)
             for a, hit in zip((*ATTRIBUTES, "all"), (*hits, all(hits))):
