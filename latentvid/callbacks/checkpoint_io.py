@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import pickle
+import shutil
 import socket
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -36,6 +37,18 @@ TMP_MARKER = ".tmp-"
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file exists but cannot be read (truncated, corrupt, or not a checkpoint)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (usually a full disk); the previous file of that name is kept."""
+
+
+def _free_space(folder: Path) -> str:
+    """Free space on ``folder``'s file system, for error messages ("unknown" where it cannot be read)."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**30:.2f} GiB"
+    except OSError:
+        return "unknown"
 
 
 def temp_path(path: Path) -> Path:
@@ -100,9 +113,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old or the new file
-        except BaseException:
+        except BaseException as err:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            # torch.save reports a short write as "RuntimeError: ... unexpected pos N vs M", which names
+            # neither the file nor the cause; say both (free space is read after the partial file is gone)
+            if isinstance(err, (OSError, RuntimeError)) and not isinstance(err, CheckpointWriteError):
+                first_line = next(iter(str(err).splitlines()), "")
+                raise CheckpointWriteError(
+                    f"could not write checkpoint {path} ({type(err).__name__}: {first_line}); "
+                    f"{_free_space(path.parent)} free on its file system, and a full disk is the usual "
+                    "cause. The previous checkpoint of that name is untouched."
+                ) from err
             raise
         _fsync_dir(path.parent)
         for stale in remove_stale_temps(path):

@@ -42,6 +42,28 @@ def test_a_writer_failing_mid_file_leaves_the_previous_checkpoint(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the partial file was removed
 
 
+def test_a_full_disk_is_named_and_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    """A real short write: the file-size limit makes the kernel refuse bytes, as a full disk does."""
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(_ckpt(1.0, n=1000), path)
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from latentvid.callbacks.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+        ckpt = {{"global_step": 2, "state_dict": {{"w": torch.full((200_000,), 2.0)}}}}
+        try:
+            AtomicCheckpointIO().save_checkpoint(ckpt, {str(path)!r})
+        except CheckpointWriteError as err:
+            print(err)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"could not write checkpoint {path}" in proc.stdout and "GiB free" in proc.stdout, proc.stdout
+    assert _load(path)["global_step"] == 1, "the old checkpoint is intact and loadable"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the partial file was removed
+
+
 def test_kill_9_during_a_save_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint(_ckpt(1.0), path)
