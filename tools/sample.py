@@ -81,13 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "i2v model, --window 13 --overlap 9 kept the held-out motion in 0.98 of the stretches "
                             "in view against 0.93, README)")
     given.add_argument("--overlap", type=int,
-                       help="--extend: given frames per window, 1 + 4 m with the causal VAE, any number for a model "
-                            "trained with frame_masks.pixel_prefix (default: about half)")
+                       help="--extend: given frames per window, 1 + 4 m with the causal VAE (default: about half)")
     given.add_argument("--stride", type=int, default=1,
                        help="--extend: extend every STRIDE-th frame (at fps / STRIDE), then interpolate between "
                             "(default 1): for motion slower than the model's own pace; the clip needs "
-                            "1 + STRIDE (overlap - 1) frames, at least 1 + STRIDE for a model trained with "
-                            "frame_masks.pixel_prefix (README)")
+                            "1 + STRIDE (overlap - 1) frames (README)")
     return p.parse_args(argv)
 
 
@@ -111,8 +109,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
     given = args.image or args.extend or args.interpolate
     if args.extend and args.frames is None:
         sys.exit("sample.py: --extend needs --frames, the length to extend the clip to")
-    if not args.extend and (args.window is not None or args.overlap is not None or args.stride != 1):
-        sys.exit("sample.py: --window, --overlap and --stride set how --extend works; give --extend CLIP.mp4")
     if given and args.grid:
         sys.exit("sample.py: --grid does not work with --image / --extend / --interpolate yet")
     if args.spacing != "time" and (args.cascade or given):

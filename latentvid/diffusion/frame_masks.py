@@ -6,12 +6,6 @@ unconditional case (no frame known), which keeps text-to-video working and makes
 methods of :mod:`latentvid.diffusion.known_frames` usable on the same model. Masks are over *latent*
 frames: with a causal VAE latent frame 0 encodes pixel frame 0 alone, so an image is exactly a known
 first latent frame, and a known pixel prefix of 1 + 4m frames is exactly m + 1 known latent frames.
-
-Any other pixel prefix (k frames, k != 1 + 4m) covers its last latent frame only in part. With
-``FrameMasks.pixel_prefix`` the model also trains on those: the known latents are the encoding of the
-clip with its last given frame held (:func:`hold_after`) and the mask channel is the share of each
-latent frame's pixel frames that is given (:func:`prefix_fractions`). Keyframe extension from a short
-clip needs this: 9 frames at stride 4 are 3 keyframes, one whole latent frame and half of the next.
 """
 
 from __future__ import annotations
@@ -41,9 +35,6 @@ class FrameMasks:
         last_k: weight of "the last k frames known" (extension backwards).
         every_k: weight of "every k-th frame known, from frame 0" (interpolation).
         max_k: the largest k drawn (None: n - 1).
-        pixel_prefix: probability that a clip's known frames are instead its first k *pixel* frames,
-            k drawn uniformly from 2 .. n - 1 over its n valid pixel frames (:func:`draw_pixel_prefixes`),
-            so that latent frames are partly known (the module docstring). Needs pixel batches.
     """
 
     none: float = 0.2
@@ -52,14 +43,11 @@ class FrameMasks:
     last_k: float = 0.1
     every_k: float = 0.2
     max_k: int | None = None
-    pixel_prefix: float = 0.0
 
     def __post_init__(self) -> None:
         weights = self.weights()
         if min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"frame mask probabilities must be >= 0 with a positive sum, got {self}")
-        if not 0.0 <= self.pixel_prefix <= 1.0:
-            raise ValueError(f"frame masks: pixel_prefix is a probability in [0, 1], got {self.pixel_prefix}")
         if self.max_k is not None and self.max_k < 1:
             raise ValueError(f"frame masks: max_k must be >= 1 or null, got {self.max_k}")
 
@@ -117,36 +105,3 @@ def draw_frame_masks(valid: Tensor, spec: FrameMasks, generator: torch.Generator
             k = lo + min(int(u[i] * (hi - lo + 1)), hi - lo)
         known[i, index[known_positions(kind, n, k)]] = True
     return known.to(valid.device)
-
-
-def draw_pixel_prefixes(valid: Tensor, probability: float, generator: torch.Generator | None = None) -> Tensor:
-    """Known pixel-prefix lengths (B,) long for clips whose valid pixel frames are ``valid`` (B, T) bool:
-    with ``probability`` k uniform in 2 .. n - 1 (n valid frames, so one stays unknown), else 0 (no
-    prefix drawn; also for clips of fewer than 3 frames). ``generator`` (CPU) makes it reproducible."""
-    if valid.ndim != 2 or valid.dtype != torch.bool:
-        raise ValueError(f"valid must be a (B, T) bool frame mask, got {valid.dtype} {tuple(valid.shape)}")
-    b = valid.shape[0]
-    drawn = torch.rand(b, generator=generator, dtype=torch.float64) < probability
-    u = torch.rand(b, generator=generator, dtype=torch.float64)
-    n = valid.cpu().sum(dim=1)  # (B,) valid frames (a clip's valid frames come first)
-    k = 2 + (u * (n - 2).clamp_min(0)).long().clamp_max((n - 3).clamp_min(0))  # (B,) in 2 .. n - 1
-    return torch.where(drawn & (n >= 3), k, 0).to(valid.device)
-
-
-def prefix_fractions(counts: Tensor, latent_frames: int, temporal_factor: int) -> Tensor:
-    """Share of each latent frame's pixel frames inside a given pixel prefix: (B, t) float in [0, 1] for
-    prefix lengths ``counts`` (B,). Causal VAE: latent 0 is pixel 0, latent j >= 1 pixels f(j-1)+1 .. fj."""
-    j = torch.arange(latent_frames, device=counts.device)
-    first = torch.where(j == 0, 0, temporal_factor * (j - 1) + 1)  # (t,) first pixel frame of latent j
-    size = torch.where(j == 0, 1, temporal_factor)  # (t,) pixel frames it encodes
-    return (counts[:, None] - first).clamp(min=0).minimum(size) / size
-
-
-def hold_after(video: Tensor, counts: Tensor) -> Tensor:
-    """``video`` (B, C, T, H, W) with frames from ``counts`` (B,) on replaced by frame counts - 1 (the last
-    given frame held: what the known latents of a partly given latent frame encode); counts >= 1."""
-    if bool((counts < 1).any()):
-        raise ValueError(f"hold_after needs at least one given frame per clip, got counts {counts.tolist()}")
-    t = video.shape[2]
-    index = torch.arange(t, device=video.device)[None].minimum(counts.to(video.device)[:, None] - 1)  # (B, T)
-    return video.gather(2, index[:, None, :, None, None].expand(-1, video.shape[1], -1, *video.shape[3:]))

@@ -33,8 +33,7 @@ from latentvid.diffusion import (
     training_target,
 )
 from latentvid.diffusion.discrete import DiscreteSchedule
-from latentvid.diffusion.frame_masks import (FrameMasks, draw_frame_masks, draw_pixel_prefixes, hold_after,
-                                             prefix_fractions)
+from latentvid.diffusion.frame_masks import FrameMasks, draw_frame_masks
 from latentvid.diffusion.known_frames import known_frames_denoiser
 from latentvid.diffusion.samplers import standard_normal
 from latentvid.models.lr_schedules import warmup_lambda
@@ -90,9 +89,7 @@ class LatentDiffusion(LightningModule):
             per training sample (:class:`~latentvid.diffusion.frame_masks.FrameMasks`: none, first,
             first k, last k, every k-th latent frame); None takes its defaults. The network gets the
             clean latents of the known frames (sampling gives it clean VAE latents of the given
-            pixels, so no noise is added), and the loss covers the other valid frames only. Its
-            ``pixel_prefix`` also trains on given pixel prefixes that cover a latent frame in part
-            (the share given is the mask; see :mod:`~latentvid.diffusion.frame_masks`).
+            pixels, so no noise is added), and the loss covers the other valid frames only.
         init_from: a checkpoint (or a run root such as ``runs/base``) whose weights (its EMA weights
             when it has them) this model starts from, e.g. a text-to-video base for a
             frame-conditioned fine-tune (configs/i2v.yaml): the network's ``frame_input.*`` may be
@@ -179,11 +176,6 @@ class LatentDiffusion(LightningModule):
     def frame_conditioned(self) -> bool:
         """Whether the network takes known frames (``known``, ``known_mask``) as inputs."""
         return bool(getattr(self.unet, "frame_conditioning", False))
-
-    @property
-    def takes_pixel_prefixes(self) -> bool:
-        """Whether the network was trained on partly known latent frames (``frame_masks.pixel_prefix`` > 0)."""
-        return self.frame_masks is not None and self.frame_masks.pixel_prefix > 0
 
     def load_init_weights(self, path: str) -> None:
         """Load the weights of the checkpoint ``path`` (or run root), EMA ones when present; the
@@ -325,39 +317,15 @@ class LatentDiffusion(LightningModule):
         if self.frame_masks is not None:
             cpu = generator if generator is None or generator.device.type == "cpu" else None
             known_mask = draw_frame_masks(mask, self.frame_masks, cpu).to(z0.device)  # (B, t)
-            known = z0
-            if self.frame_masks.pixel_prefix > 0:
-                known, known_mask = self._pixel_prefixes(batch, known, known_mask, cpu)
-            extra = {**extra, "known": known, "known_mask": known_mask}
+            extra = {**extra, "known": z0, "known_mask": known_mask}
             # known frames are inputs, pinned to their given values at sampling (frames_denoiser):
-            # predicting them teaches nothing, so the loss covers the frames to generate (and the
-            # partly given ones, which sampling does not pin)
-            loss_mask = mask & (known_mask < 1)
+            # predicting them teaches nothing, so the loss covers the frames to generate
+            loss_mask = mask & ~known_mask
         z_t = diffuse(z0, eps, alpha, sigma)
         pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask, **extra)
         target = training_target(z0, eps, alpha, sigma, self.target)
         weight = snr_loss_weight(logsnr, self.target, self.min_snr_gamma, sigma=sigma, floor=self.snr_floor)
         return masked_mse(pred, target, loss_mask, weight=weight)
-
-    def _pixel_prefixes(self, batch: dict, known: Tensor, known_mask: Tensor, generator: torch.Generator | None
-                        ) -> tuple[Tensor, Tensor]:
-        """Replace, with probability ``frame_masks.pixel_prefix`` per clip, the drawn known frames by a given
-        pixel prefix (:mod:`latentvid.diffusion.frame_masks`): -> known latents (B, C, t, h, w) and the
-        share of each latent frame given (B, t) float."""
-        if "video" not in batch:
-            raise ValueError("model.frame_masks.pixel_prefix needs pixel batches (video), not pre-encoded latents: "
-                             "set it to 0 or train from videos")
-        video, frame_mask = batch["video"], batch["frame_mask"].bool()
-        counts = draw_pixel_prefixes(frame_mask.cpu(), self.frame_masks.pixel_prefix, generator).to(known.device)
-        share = known_mask.to(known.dtype)
-        drawn = counts > 0
-        if not bool(drawn.any()):
-            return known, share
-        known = known.clone()
-        with torch.no_grad():  # the latents of the clip with its last given frame held
-            known[drawn] = self.first_stage.encode(hold_after(video[drawn], counts[drawn])).to(known)
-        share[drawn] = prefix_fractions(counts[drawn], known.shape[2], self.first_stage.temporal_factor).to(share)
-        return known, share
 
     def schedule_logsnr(self, t: Tensor, tokens: Tensor | float | None = None) -> Tensor:
         """logSNR (B,) at times t (B,); ``tokens`` (latent tokens per clip, (B,) or a number) reach a
@@ -472,9 +440,7 @@ class LatentDiffusion(LightningModule):
     def frames_denoiser(self, captions: list[str], fps: float, guidance_scale: float, known: Tensor | None = None,
                         known_mask: Tensor | None = None, method: str | None = None, weight: float = 1.0):
         """:meth:`guided_denoiser` conditioned on known latent frames ``known`` (B, C, t, h, w) where
-        ``known_mask`` (B, t) bool (or float: the share of a latent frame given, which only the trained
-        network's input takes; the other methods use the wholly known frames); no known frames: the plain
-        guided denoiser.
+        ``known_mask`` (B, t) bool; no known frames: the plain guided denoiser.
 
         ``method`` (:data:`FRAME_METHODS`; None: ``"trained"`` for a frame-conditioned network, else
         ``"guidance"``): ``"trained"`` gives the known frames to the network in both CFG branches (the
@@ -488,17 +454,16 @@ class LatentDiffusion(LightningModule):
         method = method or ("trained" if self.frame_conditioned else "guidance")
         if method not in FRAME_METHODS:
             raise ValueError(f"frames method must be one of {FRAME_METHODS}, got {method!r}")
-        share = known_mask.to(self.device)  # bool, or float: the share of each latent frame given
-        whole = share >= 1 if share.is_floating_point() else share  # (B, t) bool: the wholly known frames
+        known_mask = known_mask.to(device=self.device, dtype=torch.bool)
         known = known.to(self.device)
         if method == "trained":
             if not self.frame_conditioned:
                 raise ValueError("frames method 'trained' needs a frame-conditioned network (frame_conditioning: "
                                  "true, configs/i2v.yaml); use 'replacement' or 'guidance' with this model")
-            denoise = self.guided_denoiser(captions, fps, guidance_scale, known=known, known_mask=share)
-            return known_frames_denoiser(denoise, known, whole, mode="replacement")  # partly known: input only
+            denoise = self.guided_denoiser(captions, fps, guidance_scale, known=known, known_mask=known_mask)
+            return known_frames_denoiser(denoise, known, known_mask, mode="replacement")
         mode = "replacement" if method == "replacement" else "reconstruction"
-        return known_frames_denoiser(self.guided_denoiser(captions, fps, guidance_scale), known, whole,
+        return known_frames_denoiser(self.guided_denoiser(captions, fps, guidance_scale), known, known_mask,
                                      mode=mode, weight=weight, alpha_sigma=self.schedule.alpha_sigma)
 
     def run_sampler(self, denoise, z: Tensor, steps: int, sampler: str, eta: float = 0.0,

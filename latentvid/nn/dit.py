@@ -327,8 +327,8 @@ class DiT3D(nn.Module):
             frame_mask: (B, T) bool, True = valid frame; None = all valid. A patch is a valid token
                 if any of its frames is; masked frames are zeroed first.
             extra: (B, num_extra_conditions) or None.
-            known, known_mask: (B, C_in, T, H, W) known frames and (B, T) bool or float (share given)
-                mask (``frame_conditioning`` only; None: no frame known).
+            known, known_mask: (B, C_in, T, H, W) known frames and (B, T) bool mask
+                (``frame_conditioning`` only; None: no frame known).
 
         Returns:
             (B, C_out, T, H, W).

@@ -317,8 +317,7 @@ class UNet3D(nn.Module):
             extra: (B, num_extra_conditions) extra scalar conditions.
             known: (B, C_in, T, H, W) the clean values of the known frames (``frame_conditioning``
                 only); other frames are ignored. None: no frame is known.
-            known_mask: (B, T) bool, True = known frame, or float, the share of a latent frame given
-                (a partly given one: ``FrameMasks.pixel_prefix``); needed with ``known``.
+            known_mask: (B, T) bool, True = known frame; needed with ``known``.
 
         Returns:
             (B, C_out, T, H, W).
@@ -382,8 +381,7 @@ def frame_condition_input(net: nn.Module, x: Tensor, known: Tensor | None, known
     unknown frames) and the mask as a channel; None for a network without ``frame_conditioning``.
 
     ``net`` provides ``frame_conditioning``; x (B, C, T, H, W) the noisy input; known (B, C, T, H, W)
-    or None (no frame known); known_mask (B, T) bool, or float: the share of a latent frame's pixel frames
-    given (:func:`~latentvid.diffusion.frame_masks.prefix_fractions`). Raises ValueError naming what does not fit.
+    or None (no frame known); known_mask (B, T) bool. Raises ValueError naming what does not fit.
     """
     name = type(net).__name__
     if not getattr(net, "frame_conditioning", False):
@@ -397,13 +395,12 @@ def frame_condition_input(net: nn.Module, x: Tensor, known: Tensor | None, known
         return torch.zeros((b, x.shape[1] + 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
     if known.shape != x.shape:
         raise ValueError(f"{name}: known must be shaped like x {tuple(x.shape)}, got {tuple(known.shape)}")
-    if known_mask is None or known_mask.shape != (b, t) or not (
-            known_mask.dtype == torch.bool or known_mask.is_floating_point()):
+    if known_mask is None or known_mask.dtype != torch.bool or known_mask.shape != (b, t):
         got = None if known_mask is None else f"{known_mask.dtype} {tuple(known_mask.shape)}"
-        raise ValueError(f"{name}: known_mask must be bool or float in [0, 1], ({b}, {t}), got {got}")
-    share = known_mask[:, None, :, None, None].to(x.dtype)  # (B, 1, T, 1, 1): 1 known, 0 not, between: part
-    values = torch.where(share > 0, known.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))  # NaN-safe
-    return torch.cat([values, share.expand(b, 1, *x.shape[2:])], dim=1)  # (B, C + 1, T, H, W)
+        raise ValueError(f"{name}: known_mask must be bool ({b}, {t}), got {got}")
+    m = known_mask[:, None, :, None, None]  # (B, 1, T, 1, 1)
+    values = torch.where(m, known.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))  # NaN-safe
+    return torch.cat([values, m.to(x.dtype).expand(b, 1, *x.shape[2:])], dim=1)  # (B, C + 1, T, H, W)
 
 
 def pool_tokens(context: Tensor, context_mask: Tensor | None, mode: str) -> Tensor:

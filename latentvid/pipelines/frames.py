@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from latentvid.diffusion.frame_masks import hold_after, prefix_fractions
 from latentvid.diffusion.known_frames import known_frames_denoiser
 from latentvid.diffusion.samplers import Denoiser
 from latentvid.models.latent_diffusion import FRAME_METHODS, LatentDiffusion
@@ -120,24 +119,16 @@ def sample_with_frames(model: LatentDiffusion, captions: list[str], pixels: Tens
     pixels, mask = pixels.to(device), mask.to(device)
     scale = model.hparams.guidance_scale if opts.guidance is None else opts.guidance
     prefix = given_prefix(mask.cpu(), fs.temporal_factor)
-    run = int(mask.long().cumprod(0).sum())  # given frames before the first missing one
     shape = (b, fs.latent_channels, latent_t, h // fs.spatial_factor, w // fs.spatial_factor)
     known = known_mask = None
-    if run > prefix and method == "trained" and model.takes_pixel_prefixes:
-        # a model trained on partly known latent frames takes the whole run: the clip with its last given
-        # frame held, encoded, and the share of each latent frame given (diffusion/frame_masks.py)
-        counts = torch.full((b,), run, device=device)
-        known = fs.encode(hold_after(pixels, counts))  # (B, C, t, h, w)
-        known_mask = prefix_fractions(counts, latent_t, fs.temporal_factor).to(known)  # (B, t) float
-        prefix = run
-    elif prefix:  # exact latents of the given prefix (causal VAE)
+    if prefix:  # exact latents of the given prefix (causal VAE)
         head = fs.encode(pixels[:, :, :prefix])  # (B, C, m + 1, h, w)
         known = torch.zeros(shape, device=device, dtype=head.dtype)
         known[:, :, : head.shape[2]] = head
         known_mask = torch.zeros(b, latent_t, dtype=torch.bool, device=device)
         known_mask[:, : head.shape[2]] = True
     rest = mask.clone()
-    rest[:prefix] = False  # given frames the known latents do not cover
+    rest[:prefix] = False  # given frames the latent prefix does not cover
     pixel_guided = bool(rest.any()) and method == "guidance"
     if known is not None and not pixel_guided:
         denoise = model.frames_denoiser(captions, opts.fps, scale, known, known_mask, method, opts.weight)
@@ -155,8 +146,7 @@ def sample_with_frames(model: LatentDiffusion, captions: list[str], pixels: Tens
                                             weight=opts.weight * per_latent, alpha_sigma=model.schedule.alpha_sigma,
                                             decode=fs.decode)
         if known is not None:  # keep the exact prefix latents through the pixel-space step
-            whole = known_mask >= 1 if known_mask.is_floating_point() else known_mask
-            denoise = known_frames_denoiser(denoise, known, whole, mode="replacement")
+            denoise = known_frames_denoiser(denoise, known, known_mask, mode="replacement")
     z = torch.randn(shape, generator=generator, device=device)
     z = model.run_sampler(denoise, z, opts.steps or model.hparams.sample_steps, opts.sampler or model.hparams.sampler,
                           eta=opts.eta, generator=generator)
@@ -193,7 +183,6 @@ def extend_video(model: LatentDiffusion, clips: Tensor, captions: list[str], num
     """Continue ``clips`` (B, 3, T0, H, W) to (B, 3, num_frames, H, W): windows of ``window`` frames whose
     first ``overlap`` frames (1 + f m; default :func:`default_overlap`) are the last ones so far. The input
     frames are kept as given; each window adds ``window - overlap`` frames (the last one is cut to fit).
-    A model trained on partly known latent frames (``FrameMasks.pixel_prefix``) takes any overlap.
 
     ``stride`` s > 1 extends keyframes instead: every s-th frame of the clip (ending at its last frame),
     conditioned on ``options.fps / s``, is extended window by window past ``num_frames``, and
@@ -201,20 +190,15 @@ def extend_video(model: LatentDiffusion, clips: Tensor, captions: list[str], num
     length at a time. For motion slower than the model's own pace, which it continues at that pace
     (README: on slow clips a shapes model moved ~3.5x too fast frame by frame, 1.3x at stride 4): the
     keyframes move s times as far per frame. The clip needs ``overlap`` keyframes, i.e. 1 + s (overlap - 1)
-    frames or more; for a model trained on partly known latent frames the default overlap is at most the
-    clip's keyframes (and at least 2), so 9 frames at stride 4 extend from their 3 keyframes."""
+    frames or more."""
     if clips.ndim != 5 or clips.shape[1] != 3:
         raise ValueError(f"clips must be (B, 3, T, H, W), got {tuple(clips.shape)}")
     if stride < 1:
         raise ValueError(f"stride = {stride} must be at least 1")
     t0 = clips.shape[2]
     check_frames(model, window, "window")
-    if overlap is None:
-        overlap = default_overlap(model, window)
-        if stride > 1 and model.takes_pixel_prefixes:  # it can start from fewer keyframes than that
-            overlap = max(2, min(overlap, len(range((t0 - 1) % stride, t0, stride))))
-    elif not model.takes_pixel_prefixes:  # other models take whole latent frames (pixel replacement past them)
-        check_frames(model, overlap, "overlap")
+    overlap = default_overlap(model, window) if overlap is None else overlap
+    check_frames(model, overlap, "overlap")
     if not 1 <= overlap < window:
         raise ValueError(f"overlap = {overlap} must be at least 1 and below the window of {window} frames")
     if num_frames <= t0:

@@ -3,15 +3,7 @@
 import pytest
 import torch
 
-from latentvid.diffusion.frame_masks import (
-    MASK_KINDS,
-    FrameMasks,
-    draw_frame_masks,
-    draw_pixel_prefixes,
-    hold_after,
-    known_positions,
-    prefix_fractions,
-)
+from latentvid.diffusion.frame_masks import MASK_KINDS, FrameMasks, draw_frame_masks, known_positions
 
 
 def only(kind: str, **kw) -> FrameMasks:
@@ -80,48 +72,3 @@ def test_reproducible_with_a_generator_and_checked():
         FrameMasks(max_k=0)
     with pytest.raises(ValueError, match="bool"):
         draw_frame_masks(valid.float(), FrameMasks())
-
-
-def latent_groups(t: int, f: int) -> list[list[int]]:
-    """The pixel frames each latent frame of a causal VAE encodes, written out: [0], [1..f], [f+1..2f], ..."""
-    groups = [[0]]
-    for _ in range(1, t):
-        start = groups[-1][-1] + 1
-        groups.append(list(range(start, start + f)))
-    return groups
-
-
-@pytest.mark.parametrize("f", [1, 2, 4])
-def test_prefix_fractions_are_each_latent_frames_given_share(f):
-    t = 4
-    counts = torch.arange(0, 1 + f * (t - 1) + 1)  # every prefix length, none to all
-    got = prefix_fractions(counts, t, f)
-    for k, row in zip(counts.tolist(), got):
-        expect = [sum(p < k for p in group) / len(group) for group in latent_groups(t, f)]
-        assert row.tolist() == pytest.approx(expect), k
-
-
-def test_hold_after_repeats_the_last_given_frame():
-    video = torch.randn(3, 2, 6, 4, 5, generator=torch.Generator().manual_seed(0))
-    counts = torch.tensor([1, 3, 6])
-    held = hold_after(video, counts)
-    for i, k in enumerate(counts.tolist()):
-        for j in range(6):
-            assert torch.equal(held[i, :, j], video[i, :, min(j, k - 1)])
-    with pytest.raises(ValueError, match="at least one given frame"):
-        hold_after(video, torch.tensor([1, 0, 2]))
-
-
-def test_pixel_prefixes_are_drawn_with_their_probability_over_each_clips_valid_frames():
-    valid = torch.zeros(3000, 9, dtype=torch.bool)
-    valid[:1000] = True  # 9 frames: k in 2 .. 8
-    valid[1000:2000, :5] = True  # 5 frames: k in 2 .. 4
-    valid[2000:, :2] = True  # too short to leave a frame unknown after 2 given
-    counts = draw_pixel_prefixes(valid, 0.3, torch.Generator().manual_seed(0))
-    nine, five, two = counts[:1000], counts[1000:2000], counts[2000:]
-    assert abs(float((nine > 0).float().mean()) - 0.3) < 0.05 and abs(float((five > 0).float().mean()) - 0.3) < 0.05
-    assert set(nine[nine > 0].tolist()) == set(range(2, 9)) and set(five[five > 0].tolist()) == {2, 3, 4}
-    assert not two.any()
-    assert not draw_pixel_prefixes(valid, 0.0).any()
-    with pytest.raises(ValueError, match="pixel_prefix"):
-        FrameMasks(pixel_prefix=1.5)

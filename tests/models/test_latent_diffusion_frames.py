@@ -1,22 +1,18 @@
 """LatentDiffusion with known frames: masked-frame training, starting from a base checkpoint, and sampling
 with the trained conditioning or the training-free methods under CFG and every sampler."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from latentvid.conditioning.text import OpenCLIPTextEncoder
-from latentvid.diffusion.frame_masks import MASK_KINDS, FrameMasks, hold_after, prefix_fractions
+from latentvid.diffusion.frame_masks import MASK_KINDS, FrameMasks
 from latentvid.diffusion.samplers import SAMPLERS
 from latentvid.models.latent_diffusion import FRAME_METHODS, LatentDiffusion
 from latentvid.nn.unet3d import UNet3D
 
 from .test_latent_diffusion import shapes_batch
 
-
-VAE = Path(__file__).resolve().parents[2] / "data" / "vae" / "shapes-vae.ckpt"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,19 +31,18 @@ def only(kind: str) -> FrameMasks:
 
 
 class Spy(nn.Module):
-    """Wraps a network: records the known frames it is given and can add ``bump`` to its output frame
-    ``bump_frame``."""
+    """Wraps a network: records the known frames it is given and can add ``bump`` to its output frame 0."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net, self.calls, self.bump, self.bump_frame = net, [], 0.0, 0
+        self.net, self.calls, self.bump = net, [], 0.0
         for name in ("in_channels", "out_channels", "context_dim", "frame_conditioning", "fps_embed"):
             setattr(self, name, getattr(net, name))
 
     def forward(self, x, logsnr, **kw):
         self.calls.append({k: kw.get(k) for k in ("known", "known_mask")})
         out = self.net(x, logsnr, **kw).clone()
-        out[:, :, self.bump_frame] += self.bump
+        out[:, :, 0] += self.bump
         return out
 
 
@@ -74,46 +69,6 @@ def test_training_gives_the_clean_known_frames_and_leaves_them_out_of_the_loss()
         plain = m.diffusion_loss(clips, generator=g())
         m.unet.bump = 100.0
         assert float(m.diffusion_loss(clips, generator=g())) > float(plain) + 100.0
-
-
-def test_pixel_prefixes_train_on_partly_known_latent_frames():
-    from latentvid.models.autoencoder import PretrainedCausalVAE
-
-    torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="RANDOM"):
-        text = OpenCLIPTextEncoder(random_width=32, random_layers=1, random_heads=2, max_length=16)
-    unet = UNet3D(in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                  attention_levels=(1,), head_dim=16, context_dim=32, norm_groups=4, frame_conditioning=True)
-    spec = FrameMasks(none=1.0, first=0.0, first_k=0.0, last_k=0.0, every_k=0.0, pixel_prefix=1.0)
-    m = LatentDiffusion(unet, text, first_stage=PretrainedCausalVAE(str(VAE)), frame_masks=spec, caption_dropout=0.0)
-    m.unet = Spy(m.unet)
-    batch = shapes_batch(n=6, t=9, size=32)
-    batch["frame_mask"][:, 5:] = False  # 5 valid frames: prefixes of 2 .. 4, latent frame 1 (pixels 1-4) in part
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    with torch.no_grad():
-        loss = m.diffusion_loss(batch, generator=g())
-        call = m.unet.calls[-1]
-        clean = m.first_stage.encode(batch["video"])  # (B, 4, 3, 8, 8)
-        seen = set()
-        for i in range(6):
-            # each clip's share row is the share of one prefix length k, and its known latents encode the
-            # clip with frame k - 1 held; the wholly given latent frame 0 is the clip's own (causal VAE)
-            share = call["known_mask"][i]
-            ks = [k for k in range(2, 5) if torch.allclose(share, prefix_fractions(torch.tensor([k]), 3, 4)[0])]
-            assert len(ks) == 1, share
-            seen.add(ks[0])
-            held = m.first_stage.encode(hold_after(batch["video"][i: i + 1], torch.tensor(ks)))[0]
-            torch.testing.assert_close(call["known"][i], held)
-            torch.testing.assert_close(call["known"][i][:, 0], clean[i][:, 0], rtol=0, atol=1e-5)
-        assert len(seen) > 1
-        # the wholly known frame 0 is out of the loss, the partly known frame 1 in it
-        m.unet.bump = 100.0
-        torch.testing.assert_close(m.diffusion_loss(batch, generator=g()), loss, rtol=0, atol=0)
-        m.unet.bump_frame = 1
-        assert float(m.diffusion_loss(batch, generator=g())) > float(loss) + 100.0
-    latents = {"latents": clean, "frame_mask": torch.ones(6, 3, dtype=torch.bool), "caption": batch["caption"]}
-    with pytest.raises(ValueError, match="pixel_prefix needs pixel batches"):
-        m.diffusion_loss(latents)
 
 
 def test_frame_masks_need_a_frame_conditioned_network_and_plain_models_draw_none():

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from latentvid.conditioning.text import OpenCLIPTextEncoder
-from latentvid.diffusion.frame_masks import FrameMasks
 from latentvid.models.autoencoder import PretrainedCausalVAE
 from latentvid.models.latent_diffusion import LatentDiffusion
 from latentvid.nn.unet3d import UNet3D
@@ -237,45 +236,6 @@ def test_the_cascade_chains_the_frames_functions(tiny_cascade, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     info = video_info(out)
     assert (info["num_frames"], info["height"], info["width"]) == (4, 16, 16) and info["fps"] == pytest.approx(16.0)
-
-
-def test_a_model_trained_on_pixel_prefixes_takes_partly_known_latent_frames(models, monkeypatch):
-    model = models["conditioned"]
-    monkeypatch.setattr(model, "frame_masks", FrameMasks(pixel_prefix=0.25))
-    seen = []
-    real = model.guided_denoiser
-
-    def spy(captions, fps, scale, **known):
-        seen.append(known)
-        return real(captions, fps, scale, **known)
-
-    monkeypatch.setattr(model, "guided_denoiser", spy)
-    given = clip(9, seed=3)
-    mask = torch.tensor([True] * 3 + [False] * 6)  # 3 frames: latent frame 0 and half of latent frame 1
-    video = sample_with_frames(model, CAPTION, given, mask, FrameOptions(method="trained", steps=4),
-                               torch.Generator().manual_seed(0))
-    (known,) = seen
-    assert known["known_mask"].tolist() == [[1.0, 0.5, 0.0]]
-    with torch.no_grad():
-        fs = model.first_stage
-        held = fs.encode(torch.cat([given[:, :, :3], given[:, :, 2:3].expand(-1, -1, 6, -1, -1)], 2))
-        torch.testing.assert_close(known["known"], held)
-        # latent frame 0 is wholly given, so pinned: frame 0 is the VAE's reconstruction of the given frame
-        recon = fs.decode(fs.encode(given[:, :, :1]))[:, :, 0].clamp(-1, 1)
-        decoded_held = fs.decode(held).clamp(-1, 1)
-    torch.testing.assert_close(video[:, :, 0], recon, atol=1e-4, rtol=0)
-    # latent frame 1 is only half given: an input, not pinned (pinned, frames 1-4 would decode as held)
-    assert (video[:, :, 1:5] - decoded_held[:, :, 1:5]).abs().amax() > 0.05
-    # keyframe extension from 9 frames at stride 4: the default overlap becomes the clip's 3 keyframes
-    seen.clear()
-    out = extend_video(model, given, CAPTION, 17, window=9, options=FrameOptions(method="trained", steps=2),
-                       generator=torch.Generator().manual_seed(0), stride=4)
-    assert out.shape == (1, 3, 17, 32, 32) and torch.equal(out[:, :, :9], given)
-    assert seen[0]["known_mask"].tolist() == [[1.0, 0.5, 0.0]]
-    # the others (not trained on pixel prefixes) still need whole latent frames of overlap
-    monkeypatch.setattr(model, "frame_masks", FrameMasks())
-    with pytest.raises(ValueError, match="overlap = 3 does not fit the VAE"):
-        extend_video(model, given, CAPTION, 17, window=9, overlap=3)
 
 
 def test_trained_method_imposes_frames_past_the_latent_prefix_by_replacement(models, monkeypatch):
