@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     given = args.image or args.extend or args.interpolate
     if args.extend and args.frames is None:
         sys.exit("sample.py: --extend needs --frames, the length to extend the clip to")
+    if not args.extend and (args.window is not None or args.overlap is not None or args.stride != 1):
+        sys.exit("sample.py: --window, --overlap and --stride set how --extend works; give --extend CLIP.mp4")
     if given and args.grid:
         sys.exit("sample.py: --grid does not work with --image / --extend / --interpolate yet")
     if args.spacing != "time" and (args.cascade or given):

@@ -152,6 +152,7 @@ def test_interpolate_an_mp4(runs, ckpt):
     (("--extend", "clip9.mp4", "--frames", "17", "--overlap", "4"), "overlap = 4 does not fit"),
     (("--extend", "clip9.mp4", "--frames", "33", "--stride", "4"), "9 frames give 3 keyframes at stride 4"),
     (("--interpolate", "clip4.mp4"), r"interpolated length (4 - 1) x 2 + 1 = 7 does not fit"),
+    (("--interpolate", "clip5.mp4", "--stride", "2"), "--stride set how --extend works"),
     (("--image", "first.png", "--frames-method", "trained"), "needs a frame-conditioned network"),
 ])
 def test_bad_input_is_one_line_naming_the_value(runs, args, message):
