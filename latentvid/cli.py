@@ -42,7 +42,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from latentvid.callbacks.checkpoint_io import TMP_MARKER, AtomicCheckpointIO, CheckpointReadError
+from latentvid.callbacks.checkpoint_io import (
+    TMP_MARKER,
+    AtomicCheckpointIO,
+    CheckpointReadError,
+    CheckpointWriteError,
+    ResumeError,
+)
 from latentvid.callbacks.data_position import DataPosition
 from latentvid.callbacks.launch_dir import LaunchDir
 from latentvid.callbacks.numerics import NonFiniteError, NumericalGuard
@@ -266,12 +272,18 @@ def main(args: list[str] | None = None) -> None:
             raise
         sys.stderr.write(_problems(f"the run cannot start ({len(exc.problems)} problem(s))", exc.problems) + hint)
         sys.exit(2)
-    except (FileNotFoundError, CheckpointReadError) as exc:
+    except (FileNotFoundError, CheckpointReadError, ResumeError) as exc:
         if debug:
             raise
-        what = "file not found" if isinstance(exc, FileNotFoundError) else "unreadable checkpoint"
+        what = ("file not found" if isinstance(exc, FileNotFoundError)
+                else "cannot resume" if isinstance(exc, ResumeError) else "unreadable checkpoint")
         sys.stderr.write(f"latentvid: {what}: {exc}\n")
         sys.exit(2)
+    except CheckpointWriteError as exc:  # the run stops at the save; earlier checkpoints are intact
+        if debug:
+            raise
+        sys.stderr.write(f"latentvid: training stopped: {exc}\n")
+        sys.exit(1)
     except NonFiniteError as exc:
         if debug:
             raise

@@ -39,6 +39,10 @@ class CheckpointReadError(RuntimeError):
     """A checkpoint file exists but cannot be read (truncated, corrupt, or not a checkpoint)."""
 
 
+class ResumeError(ValueError):
+    """A readable checkpoint that cannot resume this run (it was written by a differently set-up one)."""
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (usually a full disk); the previous file of that name is kept."""
 

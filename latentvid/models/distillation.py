@@ -22,6 +22,7 @@ own step count as ``sample_steps``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import math
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from latentvid.callbacks.checkpoint_io import ResumeError
 from latentvid.diffusion import classifier_free_guidance, clip_denoised, diffuse, masked_mse
 from latentvid.diffusion.distillation import distillation_target, grid_steps, student_regression
 from latentvid.models.latent_diffusion import LatentDiffusion
@@ -490,9 +492,23 @@ class ProgressiveDistillation(LightningModule):
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _weights_from_files(self) -> set[str]:
-        """Keys of frozen weights that reload from files named in the configs (as LatentDiffusion skips them)."""
-        return {f"{name}.{k}" for name in ("teacher", "student")
-                for k in getattr(self, name)._weights_from_files()}
+        """Keys of frozen weights that reload from files named in the configs (as LatentDiffusion skips them).
+        In round 1 that includes the whole teacher: it is the ``teacher`` checkpoint, loaded at construction."""
+        keys = {f"{name}.{k}" for name in ("teacher", "student") for k in getattr(self, name)._weights_from_files()}
+        if self.round == 0:
+            keys |= {f"teacher.{k}" for k in self.teacher.state_dict()}
+        return keys
+
+    def _teacher_digest(self) -> str:
+        """A digest of the round-1 teacher's weights (frozen, so computed once), which a checkpoint that leaves
+        them out records, so that resuming from a changed ``teacher`` file is an error, not a silent switch."""
+        if getattr(self, "_digest", None) is None:
+            h = hashlib.blake2b(digest_size=16)
+            for name, value in sorted(self.teacher.state_dict().items()):
+                h.update(name.encode())
+                h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         extras: dict = {}
@@ -501,6 +517,8 @@ class ProgressiveDistillation(LightningModule):
         checkpoint[CHECKPOINT_KEY] = {"round": self.round, "teacher_steps": self.teacher_steps,
                                       "student_steps": self.student_steps, "student_config": config,
                                       "student_extras": extras}
+        if self.round == 0:  # the teacher is its checkpoint file: a copy here would double the file
+            checkpoint[CHECKPOINT_KEY]["teacher_digest"] = self._teacher_digest()
         skip = self._weights_from_files()
         if skip:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in skip}
@@ -511,9 +529,13 @@ class ProgressiveDistillation(LightningModule):
             raise ValueError("not a ProgressiveDistillation checkpoint (it has no 'distillation' record)")
         r = int(info["round"])
         if info["teacher_steps"] != self.hparams.teacher_steps >> r:
-            raise ValueError(f"the checkpoint is in round {r + 1} with a {info['teacher_steps']}-step teacher, but "
+            raise ResumeError(f"the checkpoint is in round {r + 1} with a {info['teacher_steps']}-step teacher, but "
                              f"teacher_steps={self.hparams.teacher_steps} gives {self.hparams.teacher_steps >> r}")
         self._to_round(r)  # the module must have round r's shape before Lightning loads the weights
+        saved = info.get("teacher_digest")
+        if saved is not None and saved != self._teacher_digest():
+            raise ResumeError(f"the teacher {self.hparams.teacher} is not the one this round-1 checkpoint was "
+                             "trained against (its weights changed since): resume with that teacher checkpoint")
         own = self.state_dict()
         for k in self._weights_from_files():
             checkpoint["state_dict"].setdefault(k, own[k])

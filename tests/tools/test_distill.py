@@ -127,8 +127,9 @@ def test_rounds_are_recorded_in_the_checkpoints(reference: Path) -> None:
     assert (final["round"], final["teacher_steps"], final["student_steps"]) == (1, 4, 2)
     first = torch.load(next(reference.rglob("step=003.ckpt")), map_location="cpu", weights_only=True)
     assert (first["distillation"]["round"], first["distillation"]["student_steps"]) == (0, 4)
-    # from round 2 on the teacher is the round-1 student: it takes the guidance weight as an input
-    assert "teacher.unet.extra_embed.mlp.0.weight" not in first["state_dict"]
+    # in round 1 the teacher is its checkpoint file, so round-1 checkpoints leave it out (a digest of its
+    # weights instead); from round 2 on it is the round-1 student, which takes the guidance weight as an input
+    assert not [k for k in first["state_dict"] if k.startswith("teacher.")] and first["distillation"]["teacher_digest"]
     assert "teacher.unet.extra_embed.mlp.0.weight" in _last(reference)["state_dict"]
     # the new teacher is the round-1 student's EMA
     ema = {k[4:]: v for k, v in first["state_dict"].items() if k.startswith("ema.")}
@@ -148,6 +149,24 @@ def test_resumed_at_a_round_boundary_starts_the_next_round(reference: Path, kill
     out = _fit(tiny, tmp_path / "run", "--ckpt_path", str(next(killed.rglob("step=003.ckpt"))))
     assert out.returncode == 0, out.stderr[-4000:]
     _assert_same_run(_last(tmp_path / "run"), _last(reference))
+
+
+def test_resuming_round_1_against_a_changed_teacher_is_an_error(teacher, killed: Path, tiny: Path,
+                                                                 tmp_path: Path) -> None:
+    # a resumed run takes its teacher path from the checkpoint: what can change is the file there (a
+    # teacher run root resolves to its newest last.ckpt, which further training of the base replaces)
+    path = teacher[0]
+    original = path.read_bytes()
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = {k: v + 1e-3 if k.startswith("unet.") else v for k, v in ckpt["state_dict"].items()}
+    try:
+        torch.save(ckpt, path)
+        out = _fit(tiny, tmp_path / "run", "--ckpt_path", str(next(killed.rglob("step=002.ckpt"))))
+    finally:
+        path.write_bytes(original)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"latentvid: cannot resume: the teacher {path} is not the one this round-1 checkpoint"), last
 
 
 def test_sample_the_student_with_a_quarter_of_the_steps(reference: Path, tmp_path: Path, load_script) -> None:

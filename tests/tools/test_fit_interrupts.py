@@ -80,3 +80,17 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path: Path, 
     (reference,) = steps_of(reference_run)
     _, resumed = steps_of(run)
     assert _losses(resumed) == _losses(reference[2:4])  # steps 3 and 4 again, identically
+
+
+def test_a_failed_checkpoint_write_stops_the_run_in_one_line(tmp_path: Path, run_fit) -> None:
+    # a full disk, as the writer sees it: the write raises (save 2 is last.ckpt at step 1)
+    crash = json.dumps({"class_path": "latentvid.callbacks.faults.CrashingCheckpointIO",
+                        "init_args": {"on_save": 2, "fraction": 0.5, "mode": "raise"}})
+    run = tmp_path / "run"
+    out = run_fit(run, "--trainer.plugins", crash, "--trainer.max_steps", "3")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("latentvid: training stopped: could not write checkpoint ") and "last.ckpt" in last, last
+    assert "injected failure" in last and "GiB free" in last
+    folder = next(run.rglob("checkpoints"))
+    assert sorted(p.name for p in folder.iterdir()) == ["step=001.ckpt"]  # written before; no partial file left
