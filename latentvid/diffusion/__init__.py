@@ -47,6 +47,7 @@ from latentvid.diffusion.schedule import (
     cosine_logsnr,
     cosine_t_from_logsnr,
     linear_logsnr,
+    log_linear_shift,
     logsnr_from_alpha_sigma,
     rf_alpha_sigma,
     rf_logsnr,

@@ -121,6 +121,16 @@ def token_shift(tokens: Tensor | float, base_tokens: float, base_shift: float = 
     return base_shift * (ratio.sqrt() if isinstance(ratio, Tensor) else math.sqrt(ratio))
 
 
+def log_linear_shift(tokens: Tensor | float, base_tokens: float, base_shift: float, max_tokens: float,
+                     max_shift: float) -> Tensor | float:
+    """Shift whose log is linear in the latent tokens: ``base_shift`` at ``base_tokens``, ``max_shift`` at
+    ``max_tokens`` (extrapolated beyond). Flux's and LTX-Video's resolution-dependent shift, e^mu with mu
+    linear in the sequence length, in shift units. ``tokens`` may be per sample (B,)."""
+    slope = (math.log(max_shift) - math.log(base_shift)) / (max_tokens - base_tokens)
+    log_shift = math.log(base_shift) + slope * (tokens - base_tokens)
+    return log_shift.exp() if isinstance(log_shift, Tensor) else math.exp(log_shift)
+
+
 def time_grid(steps: int, t_start: float = 1.0, t_end: float = 0.0, dtype: torch.dtype = torch.float32) -> Tensor:
     """Uniform sampling grid (steps + 1,) from ``t_start`` (noise) down to ``t_end`` (data)."""
     if steps < 1:
@@ -247,23 +257,40 @@ class RectifiedFlowSchedule:
             multiple of the noise-to-signal ratio at every t (logSNR - 2 log(shift)).
         base_tokens: if set, the shift also grows with the clip's latent tokens (frames x h x w) as
             ``shift * sqrt(tokens / base_tokens)`` (:func:`token_shift`); callers pass ``tokens``.
+        max_tokens, max_shift: with ``base_tokens``, the shift's log grows linearly in the tokens
+            instead, from ``shift`` at ``base_tokens`` to ``max_shift`` at ``max_tokens``
+            (:func:`log_linear_shift`): the "dynamic shifting" of Flux and LTX-Video, whose scheduler
+            configs give the logs, ``base_shift`` / ``max_shift`` (so ``shift = e^base_shift``).
     """
 
     logsnr_min: float = -20.0
     logsnr_max: float = 20.0
     shift: float = 1.0
     base_tokens: int | None = None
+    max_tokens: int | None = None
+    max_shift: float | None = None
 
     def __post_init__(self) -> None:
         if self.shift <= 0:
             raise ValueError(f"RectifiedFlowSchedule.shift must be > 0, got {self.shift}")
         if self.base_tokens is not None and self.base_tokens <= 0:
             raise ValueError(f"RectifiedFlowSchedule.base_tokens must be > 0 or null, got {self.base_tokens}")
+        if (self.max_tokens is None) != (self.max_shift is None):
+            raise ValueError("RectifiedFlowSchedule: max_tokens and max_shift go together (the log-linear shift), "
+                             f"got max_tokens={self.max_tokens}, max_shift={self.max_shift}")
+        if self.max_tokens is not None:
+            if self.base_tokens is None or self.max_tokens <= self.base_tokens:
+                raise ValueError(f"RectifiedFlowSchedule.max_tokens = {self.max_tokens} needs base_tokens below it, "
+                                 f"got base_tokens={self.base_tokens}")
+            if self.max_shift <= 0:
+                raise ValueError(f"RectifiedFlowSchedule.max_shift must be > 0, got {self.max_shift}")
 
     def total_shift(self, tokens: Tensor | float | None = None) -> Tensor | float:
         """The shift in effect for clips of ``tokens`` latent tokens (scalar or (B,))."""
         if self.base_tokens is None or tokens is None:
             return self.shift
+        if self.max_tokens is not None:
+            return log_linear_shift(tokens, self.base_tokens, self.shift, self.max_tokens, self.max_shift)
         return token_shift(tokens, self.base_tokens, self.shift)
 
     def logsnr(self, t: Tensor, tokens: Tensor | float | None = None) -> Tensor:

@@ -18,6 +18,7 @@ from latentvid.diffusion.schedule import (
     rf_t_from_logsnr,
     sampling_grid,
     time_grid,
+    log_linear_shift,
     token_shift,
 )
 
@@ -183,6 +184,35 @@ def test_token_shift_grows_with_the_square_root_of_the_tokens():
     torch.testing.assert_close(sched.sampling_logsnrs(4, 1024)[:-1], RectifiedFlowSchedule(shift=4.0).sampling_logsnrs(4)[:-1])
     # without base_tokens the token count is ignored
     assert torch.equal(RectifiedFlowSchedule(shift=2.0).logsnr(t, tokens), RectifiedFlowSchedule(shift=2.0).logsnr(t))
+
+
+@pytest.mark.parametrize("tokens", [330, 1024, 2574, 4096, 9240])
+def test_log_linear_shift_is_the_ltx_pipelines_dynamic_shift(tokens):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+    # LTX-Video 0.9.x's scheduler config; mu = its log shift for a clip of `tokens` latent tokens
+    config = dict(base_image_seq_len=1024, max_image_seq_len=4096, base_shift=0.95, max_shift=2.05)
+    reference = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, **config)
+    mu = calculate_shift(tokens, 1024, 4096, 0.95, 2.05)
+    sched = RectifiedFlowSchedule(logsnr_min=-40.0, logsnr_max=40.0, shift=math.exp(0.95), base_tokens=1024,
+                                  max_tokens=4096, max_shift=math.exp(2.05))
+    t = torch.linspace(0.02, 0.98, 25, dtype=torch.float64)
+    _, sigma = sched.alpha_sigma(sched.logsnr(t, torch.full_like(t, tokens)))
+    torch.testing.assert_close(sigma, reference.time_shift(mu, 1.0, t), atol=1e-7, rtol=0)
+    assert sched.total_shift(tokens) == pytest.approx(math.exp(mu))
+    assert log_linear_shift(tokens, 1024, math.exp(0.95), 4096, math.exp(2.05)) == pytest.approx(math.exp(mu))
+
+
+def test_log_linear_shift_settings_are_checked():
+    with pytest.raises(ValueError, match="max_tokens and max_shift go together"):
+        RectifiedFlowSchedule(base_tokens=1024, max_tokens=4096)
+    with pytest.raises(ValueError, match="needs base_tokens below it"):
+        RectifiedFlowSchedule(base_tokens=4096, max_tokens=1024, max_shift=2.0)
+    with pytest.raises(ValueError, match="needs base_tokens below it"):
+        RectifiedFlowSchedule(max_tokens=1024, max_shift=2.0)
+    with pytest.raises(ValueError, match="max_shift must be > 0"):
+        RectifiedFlowSchedule(base_tokens=256, max_tokens=1024, max_shift=0.0)
 
 
 def test_schedules_name_their_process():
