@@ -196,6 +196,7 @@ class PretrainedVideoTransformer(nn.Module):
                 model.enable_gradient_checkpointing()
         self.fps_embed = None  # latentvid's denoiser attributes: no fps embedding, no extra scalars
         self.num_extra_conditions = 0
+        self.frame_conditioning = False  # known frames as inputs: only where the model has a way (LTX-Video)
 
     def _load(self, folder: Path, variant: str | None, dtype: str) -> nn.Module:
         """The diffusers model of ``folder`` (its config's class checked), weights in ``dtype``."""
@@ -348,7 +349,8 @@ class PretrainedVideoTransformer(nn.Module):
 
     def predict(self, x: Tensor, timestep: Tensor, context: Tensor, context_mask: Tensor | None,
                 fps: Tensor | None = None) -> Tensor:
-        """The diffusers model on latents x (B, C, T, H, W) in its dtype -> its prediction (B, C, T, H, W)."""
+        """The diffusers model on latents x (B, C, T, H, W) in its dtype -> its prediction (B, C, T, H, W);
+        ``timestep`` (B,), or (B, T) per latent frame for a ``frame_conditioning`` model."""
         raise NotImplementedError
 
     def _check(self, x: Tensor, logsnr: Tensor, context: Tensor | None, context_mask: Tensor | None,
@@ -385,14 +387,38 @@ class PretrainedVideoTransformer(nn.Module):
         fps: Tensor | None = None,
         frame_mask: Tensor | None = None,
         extra: Tensor | None = None,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
     ) -> Tensor:
         """The model's prediction (B, C, T, H, W) float32 for noisy latents x (B, C, T, H, W) at logsnr (B,),
         text tokens ``context`` (B, L, D) with ``context_mask`` (B, L) bool; ``fps`` (B,) only reaches
-        LTX-Video (its RoPE is scaled by the frame rate)."""
+        LTX-Video (its RoPE is scaled by the frame rate). ``known`` (B, C, T, H, W) / ``known_mask`` (B, T)
+        bool: clean latents of given frames (``frame_conditioning`` only), which go in clean at timestep 0."""
         self._check(x, logsnr, context, context_mask, frame_mask, extra)
+        timestep = self.timestep(logsnr)  # (B,)
+        if known is not None or known_mask is not None:
+            x, timestep = self._given_frames(x, timestep, known, known_mask)  # timestep (B, T)
         dtype = self.transformer.dtype
-        out = self.predict(x.to(dtype), self.timestep(logsnr), context.to(dtype), context_mask, fps)
+        out = self.predict(x.to(dtype), timestep, context.to(dtype), context_mask, fps)
         return out.to(x.dtype)
+
+    def _given_frames(self, x: Tensor, timestep: Tensor, known: Tensor | None, known_mask: Tensor | None
+                      ) -> tuple[Tensor, Tensor]:
+        """x with the known frames put in clean, and per-frame timesteps (B, T), 0 on them: how LTX-Video
+        (LTXImageToVideoPipeline) conditions on a first frame. ValueError naming what does not fit."""
+        name = type(self).__name__
+        if not self.frame_conditioning:
+            raise ValueError(f"{name}: known frames given but the model was built with frame_conditioning=False")
+        b, _, t = x.shape[:3]
+        if known is None or known.shape != x.shape:
+            raise ValueError(f"{name}: known must be shaped like x {tuple(x.shape)}, "
+                             f"got {None if known is None else tuple(known.shape)}")
+        if known_mask is None or known_mask.dtype != torch.bool or known_mask.shape != (b, t):
+            got = None if known_mask is None else f"{known_mask.dtype} {tuple(known_mask.shape)}"
+            raise ValueError(f"{name}: known_mask must be bool ({b}, {t}), got {got}")
+        m = known_mask.to(x.device)
+        x = torch.where(m[:, None, :, None, None], known.to(x), x)
+        return x, timestep[:, None] * (~m).to(timestep.dtype)
 
 
 class WanTransformer(PretrainedVideoTransformer):
@@ -587,9 +613,15 @@ class LTXVideoTransformer(PretrainedVideoTransformer):
     scaled by (temporal factor / fps, spatial factor, spatial factor) of the VAE (``vae/config.json``),
     so the clip's frame rate matters: ``fps`` from the batch / sampler, else ``frame_rate``.
 
+    With ``frame_conditioning`` it also takes given latent frames (``known``, ``known_mask``), as
+    LTXImageToVideoPipeline does with an image: they go in clean, their tokens at timestep 0 (LTX-Video
+    was trained that way, so no new weights). LatentDiffusion then trains with known-frame masks and
+    samples image-to-video, extension and interpolation with ``method="trained"``.
+
     Args:
         vae_subfolder: subfolder of ``pretrained`` with the VAE's config.json (its compression factors).
         frame_rate: the fps when none is given (LTXPipeline's default 25).
+        frame_conditioning: take given latent frames (above); needs ``patch_size_t`` 1 (LTX-Video 0.9).
         Other args: see :class:`PretrainedVideoTransformer`.
     """
 
@@ -597,13 +629,17 @@ class LTXVideoTransformer(PretrainedVideoTransformer):
     lora_loader = "LTXVideoLoraLoaderMixin"
 
     def __init__(self, pretrained: str, *args: Any, vae_subfolder: str = "vae", frame_rate: float = 25.0,
-                 **kwargs: Any) -> None:
+                 frame_conditioning: bool = False, **kwargs: Any) -> None:
         super().__init__(pretrained, *args, **kwargs)
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be > 0, got {frame_rate}")
         vae_config = read_model_config(Path(pretrained).expanduser() / vae_subfolder, "AutoencoderKLLTXVideo")
         self.vae_temporal, self.vae_spatial = ltx_vae_factors(vae_config)
         self.frame_rate = float(frame_rate)
+        if frame_conditioning and self.frame_multiple != 1:
+            raise ValueError(f"LTXVideoTransformer: frame_conditioning needs patch_size_t 1 (per-frame timesteps), "
+                             f"this model's is {self.frame_multiple}")
+        self.frame_conditioning = bool(frame_conditioning)
 
     @property
     def context_dim(self) -> int:
@@ -630,6 +666,8 @@ class LTXVideoTransformer(PretrainedVideoTransformer):
         scale = (self.vae_temporal / fps.to(device=x.device, dtype=torch.float32)).view(b, 1, 1, 1, 1)
         mask = context_mask if context_mask is not None else torch.ones(context.shape[:2], dtype=torch.bool,
                                                                         device=context.device)
+        if timestep.ndim == 2:  # per frame (B, T) -> per token, frames outermost as the tokens are packed
+            timestep = timestep[:, :, None].expand(b, t, (h // p) * (w // p)).reshape(b, -1)
         out = self.transformer(hidden_states=pack_latents(x, p, p_t), encoder_hidden_states=context,
                                timestep=timestep.to(torch.float32), encoder_attention_mask=mask,
                                num_frames=t // p_t, height=h // p, width=w // p,

@@ -489,6 +489,77 @@ def test_ltx_sampled_video_equals_ltx_pipeline(tiny_video, guidance):
     assert want_latents.abs().max() > 0.1
 
 
+def test_ltx_given_frames_go_in_clean_at_timestep_0(tiny_video):
+    folder = tiny_video("ltx")
+    net = LTXVideoTransformer(str(folder), frame_conditioning=True).eval()
+    x, logsnr, context = model_inputs("ltx", net)
+    known = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+    mask = torch.tensor([[True, False, False], [True, True, False]])
+    with torch.no_grad():
+        got = net(x, logsnr, context, fps=torch.full((2,), 25.0), known=known, known_mask=mask)
+        # the transformer as LTXImageToVideoPipeline calls it: given frames clean, their tokens at timestep 0
+        x_in = torch.where(mask[:, None, :, None, None], known, x)
+        per_token = (1000 * flow_sigma(logsnr)).float()[:, None, None] * (~mask).float()[:, :, None]  # (B, T, 1)
+        out = net.transformer(pack_latents(x_in), context, per_token.expand(2, 3, 16).reshape(2, 48),
+                              torch.ones(context.shape[:2], dtype=torch.bool), num_frames=3, height=4, width=4,
+                              rope_interpolation_scale=(4 / 25.0, 4, 4), return_dict=False)[0]
+        torch.testing.assert_close(got, unpack_latents(out, 3, 4, 4), rtol=0, atol=1e-5)
+        assert (got - net(x, logsnr, context, fps=torch.full((2,), 25.0))).abs()[:, :, 2].max() > 1e-4
+    with pytest.raises(ValueError, match="frame_conditioning=False"):
+        LTXVideoTransformer(str(folder))(x, logsnr, context, known=known, known_mask=mask)
+    with pytest.raises(ValueError, match="known_mask must be bool"):
+        net(x, logsnr, context, known=known, known_mask=mask.float())
+    with pytest.raises(ValueError, match="known must be shaped like x"):
+        net(x, logsnr, context, known=known[:, :, :2], known_mask=mask)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_ltx_image_to_video_equals_ltx_image_to_video_pipeline(tiny_video, guidance):
+    from diffusers import LTXImageToVideoPipeline
+
+    folder = tiny_video("ltx")
+    model = ltx_model(folder, frame_conditioning=True)
+    assert model.frame_conditioned
+    pipe = LTXImageToVideoPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    with torch.no_grad():
+        first = model.first_stage.encode(image[:, :, None])  # (1, 8, 1, 8, 8): the image is latent frame 0
+    # ready latents, the image's in frame 0 (given them, the pipeline does not sample the VAE's posterior)
+    latents = torch.cat([first, torch.randn(1, 8, 2, 8, 8, generator=g)], 2)
+    kwargs = dict(height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=guidance, frame_rate=25)
+    want = pipe(image=(image[0] + 1) / 2, prompt=PROMPT, latents=pack_latents(latents), output_type="latent",
+                **kwargs).frames
+
+    grid = ltx_scheduler_grid(pipe.scheduler, 4, tokens=3 * 8 * 8)
+    mask = torch.tensor([[True, False, False]])
+    denoise = model.frames_denoiser([PROMPT], 25.0, guidance, latents, mask, method="trained")
+    z = run_sampler("ddim", denoise, latents, grid, alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(pack_latents(z), want, rtol=0, atol=1e-4)
+    assert (want - pack_latents(latents)).abs().max() > 0.1
+
+
+def test_ltx_trains_on_given_frames_and_animates_an_image(tiny_video):
+    from latentvid.diffusion.frame_masks import FrameMasks
+    from latentvid.pipelines.frames import image_to_video
+
+    model = ltx_model(tiny_video("ltx"), frame_conditioning=True)
+    model.frame_masks = FrameMasks(none=0.0, first=1.0, first_k=0.0, last_k=0.0, every_k=0.0)
+    seen = []
+    model.unet.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs.get("known_mask")),
+                                     with_kwargs=True)
+    batch = {"video": torch.rand(2, 3, 9, 32, 32) * 2 - 1, "caption": [PROMPT] * 2, "fps": torch.full((2,), 25.0),
+             "frame_mask": torch.ones(2, 9, dtype=torch.bool)}
+    loss = model.train().diffusion_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and seen[-1].tolist() == [[True, False, False]] * 2
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    video = image_to_video(model.eval(), image, [PROMPT], 9, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 3, 9, 32, 32) and torch.isfinite(video).all()
+    # the default method for it is the trained one (both guidance branches get the image)
+    assert seen[-1] is not None and all(row == [True, False, False] for row in seen[-1].tolist())
+
+
 def test_ltx_sample_runs_every_sampler(tiny_video):
     model = ltx_model(tiny_video("ltx"))
     for sampler in ("ddim", "ancestral", "dpmpp_2m", "heun"):
