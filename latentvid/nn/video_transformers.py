@@ -434,9 +434,16 @@ class WanTransformer(PretrainedVideoTransformer):
     (from model_index.json when None), to ``transformer_2`` below, as in WanPipeline. Training then
     trains both, each on its own noise levels (LoRA: one adapter file per expert, :meth:`lora_file`).
 
+    With ``frame_conditioning`` it takes given latent frames (``known``, ``known_mask``) clean, their
+    tokens at timestep 0: Wan 2.2 TI2V-5B's image-to-video (WanImageToVideoPipeline with
+    ``expand_timesteps``), which LatentDiffusion's frame tools and known-frame-mask training then use.
+    Wan 2.1 and A14B condition on images through a CLIP tower and extra input channels instead (not
+    supported); with them this option is an untrained way in that a fine-tune would have to learn.
+
     Args:
         transformer_2_subfolder: the second (low-noise) expert's subfolder; None for one transformer.
         boundary_ratio: where the experts switch, as a fraction of the 1000 timesteps.
+        frame_conditioning: take given latent frames (above); one transformer, temporal patch 1.
         Other args: see :class:`PretrainedVideoTransformer`.
     """
 
@@ -444,9 +451,13 @@ class WanTransformer(PretrainedVideoTransformer):
     lora_loader = "WanLoraLoaderMixin"
 
     def __init__(self, pretrained: str, *args: Any, transformer_2_subfolder: str | None = None,
-                 boundary_ratio: float | None = None, **kwargs: Any) -> None:
+                 boundary_ratio: float | None = None, frame_conditioning: bool = False, **kwargs: Any) -> None:
         self._expert_2_subfolder = transformer_2_subfolder  # read by the base class while loading
         super().__init__(pretrained, *args, **kwargs)
+        if frame_conditioning and (self.transformer_2 is not None or self.frame_multiple != 1):
+            raise ValueError("WanTransformer: frame_conditioning needs one transformer with temporal patch 1 "
+                             "(Wan 2.2 TI2V-5B's layout)")
+        self.frame_conditioning = bool(frame_conditioning)
         if self.transformer_2 is None:
             if boundary_ratio is not None:
                 raise ValueError("boundary_ratio is for a two-expert model: set transformer_2_subfolder too")
@@ -489,6 +500,10 @@ class WanTransformer(PretrainedVideoTransformer):
         if context_mask is not None:  # Wan's padding convention: zero vectors, attended
             context = context * context_mask[..., None].to(context.dtype)
         t = timestep.to(torch.float32)
+        if t.ndim == 2:  # per frame (B, T) -> per token (frames outermost), as WanImageToVideoPipeline passes them
+            b, _, frames, h, w = x.shape
+            p = self.downsample_factor
+            t = t[:, :, None].expand(b, frames, (h // p) * (w // p)).reshape(b, -1)
         if self.transformer_2 is None:
             return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
         # Wan 2.2: the high-noise expert at timesteps >= boundary * 1000 (WanPipeline's rule), the other below

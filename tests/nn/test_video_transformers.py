@@ -125,6 +125,36 @@ def test_wan_sampled_video_equals_wan_pipeline(tiny_video, kind, guidance):
     assert want_latents.abs().max() > 0.1  # not a degenerate comparison
 
 
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_wan22_ti2v_image_to_video_equals_wan_image_to_video_pipeline(tiny_video, guidance):
+    """Wan 2.2 TI2V-5B's image-to-video (expand_timesteps: the image's latent frame clean, at timestep 0)."""
+    from diffusers import WanImageToVideoPipeline
+
+    folder = tiny_video("wan22-5b")
+    model = wan_model(folder, frame_conditioning=True)
+    pipe = WanImageToVideoPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.expand_timesteps
+    g = torch.Generator().manual_seed(4)
+    image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    latents = torch.randn(1, 4, 3, 4, 4, generator=g)  # 5 frames of 32 x 32
+    kwargs = dict(height=32, width=32, num_frames=5, num_inference_steps=4, guidance_scale=guidance)
+    want = pipe(image=(image[0] + 1) / 2, prompt=PROMPT, latents=latents.clone(), output_type="latent",
+                **kwargs).frames
+
+    with torch.no_grad():
+        first = model.first_stage.encode(image[:, :, None])  # (1, 4, 1, 4, 4)
+    known = torch.cat([first, torch.zeros(1, 4, 2, 4, 4)], 2)
+    denoise = model.frames_denoiser([PROMPT], 16.0, guidance, known, torch.tensor([[True, False, False]]),
+                                    method="trained")
+    z = run_sampler("ddim", denoise, latents, flow_match_logsnrs(4, shift=3.0), alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(z, want, rtol=0, atol=1e-4)
+    assert (want - latents).abs()[:, :, 1:].max() > 0.1
+    with pytest.raises(ValueError, match="frame_conditioning needs one transformer"):
+        WanTransformer(str(tiny_video("wan22")), transformer_2_subfolder="transformer_2",
+                       frame_conditioning=True)
+
+
 def test_wan_sample_runs_every_sampler(tiny_video):
     model = wan_model(tiny_video("wan"))
     for sampler in ("ddim", "ancestral", "dpmpp_2m", "heun"):
