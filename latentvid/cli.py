@@ -197,6 +197,23 @@ class LatentVidCLI(LightningCLI):
         trainer.callbacks.append(LaunchDir())  # checkpoints name files relative to this directory
         return trainer
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning builds the model of a run resumed from a checkpoint file with the checkpoint's saved
+        hyperparameters, over what the config and command line say; say which of theirs that replaces
+        (``--ckpt_path last`` is resolved later, in :meth:`_resolve_last`, and keeps the config's)."""
+        sub = self.config.get("subcommand")
+        before = _flat_settings(self.config[sub].get("model")) if sub else {}
+        super()._parse_ckpt_path()
+        if not sub:
+            return
+        after = _flat_settings(self.config[sub].get("model"))
+        replaced = [f"{k} = {before[k]!r} -> {after[k]!r}" for k in sorted(before)
+                    if k in after and before[k] != after[k]]
+        if replaced:
+            warnings.warn(f"resuming from {self.config[sub].get('ckpt_path')}: the model is rebuilt with the "
+                          f"checkpoint's saved settings, which replace these of the config / command line: "
+                          f"{'; '.join(replaced)}", UserWarning, stacklevel=2)
+
     # ---- fit ------------------------------------------------------------------------------
     def _resolve_last(self) -> None:
         """``--ckpt_path last``: the newest last*.ckpt of this run's folders (Lightning's own "last"
@@ -236,6 +253,22 @@ class LatentVidCLI(LightningCLI):
         if problems:
             raise PreflightError(problems)
         self._continue_run_folder()
+
+
+def _flat_settings(config, prefix: str = "model") -> dict[str, object]:
+    """A model config (jsonargparse Namespace or dict) as {"model.lr": 0.001, "model.unet.depth": 2, ...}:
+    init_args folded into their parent, tuples as lists, so that configs compare key by key."""
+    if config is None:
+        return {}
+    if hasattr(config, "as_dict"):
+        config = config.as_dict()
+    if isinstance(config, dict):
+        flat: dict[str, object] = {}
+        for key, value in config.items():
+            name = prefix if key == "init_args" else f"{prefix}.{key}"
+            flat.update(_flat_settings(value, name))
+        return flat
+    return {prefix: list(config) if isinstance(config, tuple) else config}
 
 
 def _one_line(exc: BaseException) -> str:

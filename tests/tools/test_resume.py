@@ -56,8 +56,12 @@ def test_resume_from_step_4_matches_the_uninterrupted_run(reference_run: Path, k
                                                           steps_of, tmp_path: Path) -> None:
     (reference,) = steps_of(reference_run)
     ckpt = next(killed_run.rglob("step=004.ckpt"))
-    out = run_fit(tmp_path / "run", "--ckpt_path", str(ckpt))
+    # Lightning rebuilds the model from the checkpoint's saved settings: a different learning rate given
+    # on the command line is replaced (the run below still matches bit for bit), and the log says so
+    out = run_fit(tmp_path / "run", "--ckpt_path", str(ckpt), "--model.init_args.lr", "0.123")
     assert out.returncode == 0, out.stderr[-4000:]
+    assert f"resuming from {ckpt}: the model is rebuilt with the checkpoint's saved settings" in out.stderr
+    assert "model.lr = 0.123 -> " in out.stderr
     (resumed,) = steps_of(tmp_path / "run")
     assert _losses_and_keys(resumed) == _losses_and_keys(reference[4:])  # steps 5..12, bit for bit
     _assert_same_training_state(_last(tmp_path / "run"), _last(reference_run))
