@@ -86,11 +86,11 @@ COGVIDEOX_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="sca
                          clip_sample=False, set_alpha_to_one=True, steps_offset=0)
 
 
-def build_tiny_cogvideox(root: Path, seed: int = 0, rope: bool = False) -> Path:
+def build_tiny_cogvideox(root: Path, seed: int = 0, rope: bool = False, patch_size_t: int | None = None) -> Path:
     """A tiny random CogVideoX folder: CogVideoXTransformer3DModel (2 blocks; learned-size sincos positions
-    and 16 text tokens like CogVideoX-2b, or 3D RoPE like CogVideoX-5b with ``rope``), AutoencoderKLCogVideoX
-    (temporal factor 4, spatial factor 4, 4 channels), T5 encoder, CogVideoXDDIMScheduler (v, SNR shift 3,
-    zero terminal SNR, trailing)."""
+    and 16 text tokens like CogVideoX-2b, or 3D RoPE like CogVideoX-5b with ``rope``; CogVideoX 1.5's
+    temporal patches with ``patch_size_t`` 2), AutoencoderKLCogVideoX (temporal factor 4, spatial factor 4,
+    4 channels), T5 encoder, CogVideoXDDIMScheduler (v, SNR shift 3, zero terminal SNR, trailing)."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer
 
@@ -102,7 +102,7 @@ def build_tiny_cogvideox(root: Path, seed: int = 0, rope: bool = False) -> Path:
             num_attention_heads=2, attention_head_dim=16 if rope else 8, in_channels=4, out_channels=4,
             time_embed_dim=8, text_embed_dim=TEXT_DIM, num_layers=2, sample_width=8, sample_height=8,
             sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
-            use_rotary_positional_embeddings=rope)
+            use_rotary_positional_embeddings=rope, patch_size_t=patch_size_t)
         vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 16), down_block_types=("CogVideoXDownBlock3D",) * 3,
                                      up_block_types=("CogVideoXUpBlock3D",) * 3, latent_channels=4, layers_per_block=1,
                                      norm_num_groups=4, sample_height=32, sample_width=32, scaling_factor=0.7)
@@ -150,4 +150,5 @@ def build_tiny_ltx(root: Path, seed: int = 0) -> Path:
 BUILDERS = {"wan": build_tiny_wan, "ltx": build_tiny_ltx,
             "wan22": lambda root, seed=0: build_tiny_wan(root, seed, two_experts=True),
             "wan22-5b": lambda root, seed=0: build_tiny_wan(root, seed, ti2v=True), "cogvideox": build_tiny_cogvideox,
-            "cogvideox-rope": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True)}
+            "cogvideox-rope": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True),
+            "cogvideox15": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True, patch_size_t=2)}

@@ -45,6 +45,17 @@ FRAME_METHODS: tuple[str, ...] = ("trained", "replacement", "guidance")
 (:func:`~latentvid.diffusion.known_frames.known_frames_denoiser`), which any model can use."""
 
 
+def lead_with_first_frame(z0: Tensor, mask: Tensor, multiple: int) -> tuple[Tensor, Tensor]:
+    """Clean latents z0 (B, C, t, h, w) and their frame mask (B, t) with copies of frame 0 put in front up to
+    a multiple of ``multiple`` latent frames (CogVideoX 1.5's fine-tuning convention for its temporal
+    patches of 2 over the VAE's odd latent counts); unchanged when t already is one."""
+    lead = -z0.shape[2] % multiple
+    if not lead:
+        return z0, mask
+    z0 = torch.cat([z0[:, :, :1].expand(-1, -1, lead, -1, -1), z0], dim=2)
+    return z0, torch.cat([mask[:, :1].expand(-1, lead), mask], dim=1)
+
+
 class LatentDiffusion(LightningModule):
     """Text-to-video diffusion in the latent space of a frozen first stage.
 
@@ -173,6 +184,11 @@ class LatentDiffusion(LightningModule):
             self.load_init_weights(init_from)
 
     @property
+    def frame_multiple(self) -> int:
+        """Latent frame counts the network takes are multiples of this (CogVideoX 1.5's temporal patch: 2)."""
+        return int(getattr(self.unet, "frame_multiple", 1))
+
+    @property
     def frame_conditioned(self) -> bool:
         """Whether the network takes known frames (``known``, ``known_mask``) as inputs."""
         return bool(getattr(self.unet, "frame_conditioning", False))
@@ -299,6 +315,7 @@ class LatentDiffusion(LightningModule):
                 # stores it): a VAE trained on decoded means has an untrained posterior variance
                 z0 = self.first_stage.encode(video)  # (B, C, t, h, w)
                 mask = self.first_stage.latent_mask(frame_mask)  # (B, t)
+        z0, mask = lead_with_first_frame(z0, mask, self.frame_multiple)
         b = z0.shape[0]
         captions = list(batch["caption"])
         if self.training and self.caption_dropout > 0:
@@ -409,11 +426,17 @@ class LatentDiffusion(LightningModule):
                                   or tuple(known_mask.shape) != (b, shape[2])):
             raise ValueError(f"known latents must be {shape} with a ({b}, {shape[2]}) mask, got "
                              f"{tuple(known.shape)} / {None if known_mask is None else tuple(known_mask.shape)}")
+        # a network that takes multiples of m latent frames samples that many more in front, then drops
+        # them (as CogVideoXPipeline does for CogVideoX 1.5)
+        lead = -shape[2] % self.frame_multiple
+        if lead and known is not None:
+            known = torch.cat([known[:, :, :1].expand(-1, -1, lead, -1, -1), known], dim=2)
+            known_mask = torch.cat([torch.zeros_like(known_mask[:, :1]).expand(-1, lead), known_mask], dim=1)
         denoise = self.frames_denoiser(captions, fps, scale, known, known_mask, frames_method, frames_weight)
-        z = standard_normal(shape, generator, self.device)
+        z = standard_normal((*shape[:2], shape[2] + lead, *shape[3:]), generator, self.device)
         z = self.run_sampler(denoise, z, steps, sampler, eta=eta, generator=generator, progress=progress,
                              spacing=spacing)
-        video = fs.decode(z)
+        video = fs.decode(z[:, :, lead:])
         if not math.isfinite(float(video.abs().max())):
             raise FloatingPointError("sampling produced non-finite values")
         return video.clamp(-1.0, 1.0)

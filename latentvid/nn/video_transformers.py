@@ -527,9 +527,10 @@ class CogVideoXTransformer(PretrainedVideoTransformer):
     without a mask, as CogVideoXPipeline does (``T5TextEncoder(max_length: 226, use_attention_mask:
     false, mask_padding: false)``); the text length must be the config's ``max_text_seq_length`` when
     the model has learned positional embeddings (CogVideoX-2b). 3D rotary embeddings (CogVideoX-5b)
-    are computed for each latent size as the pipeline does. CogVideoX 1.5 (``patch_size_t`` 2) loads,
-    but needs an even number of latent frames, which its pipeline gets by padding and
-    :class:`~latentvid.nn.diffusers_vae.DiffusersCogVideoXVAE` (odd counts) does not give: not yet supported.
+    are computed for each latent size as the pipeline does. CogVideoX 1.5 (``patch_size_t`` 2) takes an
+    even number of latent frames, and the VAE gives odd ones: LatentDiffusion (via :attr:`frame_multiple`)
+    puts frame 0 again in front in training (CogVideoX's own fine-tuning does) and samples one more
+    latent frame in front, dropped before decoding (as CogVideoXPipeline does).
 
     Args:
         scheduler_config: the scheduler folder / file whose table defines the timestep map; None =

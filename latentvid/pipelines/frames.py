@@ -112,6 +112,9 @@ def sample_with_frames(model: LatentDiffusion, captions: list[str], pixels: Tens
                          f"{mask.dtype} {tuple(mask.shape)}")
     latent_t = check_frames(model, t)
     check_size(model, h, w)
+    if latent_t % model.frame_multiple:
+        raise ValueError(f"{t} frames are {latent_t} latent frames, and this model takes multiples of "
+                         f"{model.frame_multiple} (CogVideoX 1.5): the frame tools do not pad them yet")
     method = opts.method or ("trained" if model.frame_conditioned else "guidance")
     if method not in FRAME_METHODS:
         raise ValueError(f"frames method must be one of {FRAME_METHODS}, got {method!r}")

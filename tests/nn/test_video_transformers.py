@@ -400,6 +400,61 @@ def test_cogvideox_sampled_video_equals_cogvideox_pipeline(tiny_video, guidance)
     assert model.schedule.sampling_logsnrs(4)[0] == grid[0] == float("-inf")
 
 
+@pytest.mark.parametrize("guidance", [1.0, 6.0])
+def test_cogvideox15_sampled_video_equals_cogvideox_pipeline(tiny_video, guidance):
+    """CogVideoX 1.5 (temporal patches of 2): 9 frames are 3 latent frames, so both sample 4 and drop the first."""
+    from diffusers import CogVideoXPipeline
+
+    folder = tiny_video("cogvideox15")
+    model = cogvideox_model(folder)
+    assert model.frame_multiple == 2
+    pipe = CogVideoXPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(3))  # (B, C, 1 + 3, h, w)
+    kwargs = dict(height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
+                  max_sequence_length=16)
+    want_latents = pipe(PROMPT, latents=latents.transpose(1, 2).clone(), output_type="latent", **kwargs).frames
+    want_video = pipe(PROMPT, latents=latents.transpose(1, 2).clone(), output_type="pt", **kwargs).frames
+
+    pipe.scheduler.set_timesteps(4)
+    grid = torch.cat([model.schedule.logsnrs_at(pipe.scheduler.timesteps), torch.tensor([float("inf")])]).float()
+    denoise = model.guided_denoiser([PROMPT], fps=8.0, guidance_scale=guidance)
+    z = run_sampler("ddim", denoise, latents, grid, alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(z, want_latents.transpose(1, 2), rtol=0, atol=1e-4)
+    video = model.first_stage.decode(z[:, :, 1:]).clamp(-1, 1)
+    assert want_video.shape[1] == 9
+    torch.testing.assert_close((video.transpose(1, 2) + 1) / 2, want_video, rtol=0, atol=1e-4)
+    assert want_latents.abs().max() > 0.1
+    # model.sample (on latentvid's own grid) draws the 4 latent frames itself and drops the first
+    video = model.sample([PROMPT], num_frames=9, height=16, width=16, steps=4, guidance_scale=guidance,
+                         generator=[torch.Generator().manual_seed(7)])
+    noise = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(7))
+    z = run_sampler("ddim", denoise, noise, model.schedule.sampling_logsnrs(4), alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(video, model.first_stage.decode(z[:, :, 1:]).clamp(-1, 1), rtol=0, atol=1e-5)
+
+
+def test_cogvideox15_trains_on_the_first_latent_frame_put_in_front(tiny_video):
+    from latentvid.models.latent_diffusion import lead_with_first_frame
+
+    z = torch.randn(2, 4, 3, 4, 4)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    led, led_mask = lead_with_first_frame(z, mask, 2)
+    torch.testing.assert_close(led, torch.cat([z[:, :, :1], z], 2), rtol=0, atol=0)
+    assert led_mask.tolist() == [[True] * 4, [True, True, True, False]]
+    assert lead_with_first_frame(led, led_mask, 2)[0] is led and lead_with_first_frame(z, mask, 1)[0] is z
+    model = cogvideox_model(tiny_video("cogvideox15"))
+    seen = []
+    model.unet.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    batch = {"video": torch.rand(2, 3, 9, 16, 16) * 2 - 1, "caption": [PROMPT] * 2, "fps": torch.full((2,), 8.0),
+             "frame_mask": torch.ones(2, 9, dtype=torch.bool)}
+    loss = model.train().diffusion_loss(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and seen[-1] == (2, 4, 4, 4, 4)  # 3 latent frames + the first one again
+    from latentvid.pipelines.frames import image_to_video
+
+    with pytest.raises(ValueError, match="takes multiples of 2 .CogVideoX 1.5.: the frame tools do not pad"):
+        image_to_video(model.eval(), batch["video"][:1, :, 0], [PROMPT], 9)
+
+
 def test_cogvideox_sample_runs_every_sampler(tiny_video):
     model = cogvideox_model(tiny_video("cogvideox"))
     for sampler in ("ddim", "ancestral", "dpmpp_2m", "heun"):

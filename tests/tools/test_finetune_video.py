@@ -1,6 +1,6 @@
-"""End to end: configs/finetune-{wan,cogvideox,ltx}.yaml pointed at a tiny random diffusers pipeline
-folder (tests/tiny_video_folders.py) fit a few LoRA steps with tools/fit.py, write a LoRA file that the
-diffusers pipeline loads, keep the frozen base out of the checkpoint, and sample an mp4 with
+"""End to end: configs/finetune-{wan,cogvideox,ltx}.yaml (cogvideox also on a CogVideoX 1.5 folder) pointed
+at a tiny random diffusers pipeline folder (tests/tiny_video_folders.py) fit a few LoRA steps with
+tools/fit.py, write a LoRA file that the diffusers pipeline loads, keep the frozen base out of the checkpoint, and sample an mp4 with
 tools/sample.py; tools/export_lora.py exports the same adapters from the checkpoint."""
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ pytestmark = pytest.mark.slow
 RECIPES = {  # kind -> (recipe, placeholder path, pipeline class, frames, size)
     "wan": ("finetune-wan.yaml", "checkpoints/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", 5, 16),
     "cogvideox": ("finetune-cogvideox.yaml", "checkpoints/CogVideoX-2b", "CogVideoXPipeline", 9, 16),
+    "cogvideox15": ("finetune-cogvideox.yaml", "checkpoints/CogVideoX-2b", "CogVideoXPipeline", 9, 16),
     "ltx": ("finetune-ltx.yaml", "checkpoints/LTX-Video", "LTXPipeline", 9, 16),
 }
-TEXT_LENGTH = {"cogvideox": 16}  # the tiny CogVideoX's max_text_seq_length (the real 2b: 226)
+TEXT_LENGTH = {"cogvideox": 16, "cogvideox15": 16}  # the tiny CogVideoX's max_text_seq_length (the real 2b: 226)
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
