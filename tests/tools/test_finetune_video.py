@@ -1,7 +1,8 @@
 """End to end: configs/finetune-{wan,cogvideox,ltx}.yaml (cogvideox also on a CogVideoX 1.5 folder) pointed
 at a tiny random diffusers pipeline folder (tests/tiny_video_folders.py) fit a few LoRA steps with
-tools/fit.py, write a LoRA file that the diffusers pipeline loads, keep the frozen base out of the checkpoint, and sample an mp4 with
-tools/sample.py; tools/export_lora.py exports the same adapters from the checkpoint."""
+tools/fit.py, write a LoRA file that the diffusers pipeline loads, keep the frozen base out of the
+checkpoint, and sample an mp4 with tools/sample.py; tools/export_lora.py exports the same adapters from
+the checkpoint."""
 
 from __future__ import annotations
 
