@@ -7,6 +7,7 @@ is written to a hidden temporary file beside its target and renamed over it only
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -16,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_path", "write_text_atomic", "write_json_atomic"]
+
+
+@functools.lru_cache(maxsize=1)
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file under this process's umask (0o644 under 0o022). Read once:
+    reading the umask means setting it, which another thread could see for that instant."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextmanager
@@ -30,6 +40,9 @@ def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[
     os.close(fd)
     try:
         yield tmp
+        # mkstemp makes the file private (0o600); give it the mode any other new file gets, so that a
+        # video or report others could read (a shared cluster folder) still can be
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,8 +1,12 @@
-"""latentvid/files.py: writes land whole or not at all, and leave no temporary files behind."""
+"""latentvid/files.py: writes land whole or not at all, leave no temporary files behind, and get the mode
+any new file gets."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -41,3 +45,18 @@ def test_text_and_json(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_json_atomic(tmp_path / "c.json", {"x": float("nan")}, allow_nan=False)
     assert not (tmp_path / "c.json").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.json"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_umasks_mode_not_mkstemps_private_one(tmp_path: Path, umask: int) -> None:
+    script = textwrap.dedent(f"""
+        import os
+        os.umask({umask})
+        from latentvid.files import write_text_atomic
+        write_text_atomic({str(tmp_path / "a.txt")!r}, "x")
+        with open({str(tmp_path / "b.txt")!r}, "w") as f:  # what a plain open() gives, for comparison
+            f.write("x")
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    mode = (tmp_path / "a.txt").stat().st_mode & 0o777
+    assert mode == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o666 & ~umask
