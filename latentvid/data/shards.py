@@ -35,6 +35,7 @@ import torch
 
 from latentvid.data.clips import ClipSpec
 from latentvid.data.sources import ImageSource, Raw, SampleError, VideoSource
+from latentvid.files import new_file_mode
 
 VIDEO_EXTENSIONS: tuple[str, ...] = ("mp4", "webm", "mkv", "mov", "avi", "m4v")
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
@@ -303,6 +304,7 @@ class ShardWriter:
         self._writer.close()
         self._file.close()
         path = self.pattern % len(self.paths)
+        os.chmod(self._tmp, new_file_mode())  # not mkstemp's private 0o600: shards are shared data
         os.replace(self._tmp, path)
         self.paths.append(path)
         self._writer = self._tmp = None

@@ -32,6 +32,9 @@ def test_writer_round_trip_is_atomic(tmp_path: Path) -> None:
             writer.write({"__key__": f"{i:03d}", "mp4": bytes([i]) * 10, "txt": f"caption {i}", "json": {"i": i}})
     assert [Path(p).name for p in writer.paths] == ["s-0000.tar", "s-0001.tar", "s-0002.tar"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["s-0000.tar", "s-0001.tar", "s-0002.tar"]
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")  # what any new file gets under this process's umask (not mkstemp's 0o600)
+    assert {Path(p).stat().st_mode & 0o777 for p in writer.paths} == {plain.stat().st_mode & 0o777}
     errors: list[str] = []
     samples = [s for p in writer.paths for s in iter_shard(p, errors)]
     assert not errors
