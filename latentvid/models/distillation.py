@@ -530,12 +530,12 @@ class ProgressiveDistillation(LightningModule):
         r = int(info["round"])
         if info["teacher_steps"] != self.hparams.teacher_steps >> r:
             raise ResumeError(f"the checkpoint is in round {r + 1} with a {info['teacher_steps']}-step teacher, but "
-                             f"teacher_steps={self.hparams.teacher_steps} gives {self.hparams.teacher_steps >> r}")
+                              f"teacher_steps={self.hparams.teacher_steps} gives {self.hparams.teacher_steps >> r}")
         self._to_round(r)  # the module must have round r's shape before Lightning loads the weights
         saved = info.get("teacher_digest")
         if saved is not None and saved != self._teacher_digest():
             raise ResumeError(f"the teacher {self.hparams.teacher} is not the one this round-1 checkpoint was "
-                             "trained against (its weights changed since): resume with that teacher checkpoint")
+                              "trained against (its weights changed since): resume with that teacher checkpoint")
         own = self.state_dict()
         for k in self._weights_from_files():
             checkpoint["state_dict"].setdefault(k, own[k])

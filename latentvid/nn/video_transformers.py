@@ -196,7 +196,7 @@ class PretrainedVideoTransformer(nn.Module):
                 model.enable_gradient_checkpointing()
         self.fps_embed = None  # latentvid's denoiser attributes: no fps embedding, no extra scalars
         self.num_extra_conditions = 0
-        self.frame_conditioning = False  # known frames as inputs: only where the model has a way (LTX-Video)
+        self.frame_conditioning = False  # known frames as inputs: where the model has a way (LTX-Video, Wan TI2V)
 
     def _load(self, folder: Path, variant: str | None, dtype: str) -> nn.Module:
         """The diffusers model of ``folder`` (its config's class checked), weights in ``dtype``."""
@@ -404,8 +404,9 @@ class PretrainedVideoTransformer(nn.Module):
 
     def _given_frames(self, x: Tensor, timestep: Tensor, known: Tensor | None, known_mask: Tensor | None
                       ) -> tuple[Tensor, Tensor]:
-        """x with the known frames put in clean, and per-frame timesteps (B, T), 0 on them: how LTX-Video
-        (LTXImageToVideoPipeline) conditions on a first frame. ValueError naming what does not fit."""
+        """x with the known frames put in clean, and per-frame timesteps (B, T), 0 on them: how LTX-Video and
+        Wan 2.2 TI2V-5B condition on a first frame (their image-to-video pipelines). ValueError naming what
+        does not fit."""
         name = type(self).__name__
         if not self.frame_conditioning:
             raise ValueError(f"{name}: known frames given but the model was built with frame_conditioning=False")
@@ -438,7 +439,8 @@ class WanTransformer(PretrainedVideoTransformer):
     tokens at timestep 0: Wan 2.2 TI2V-5B's image-to-video (WanImageToVideoPipeline with
     ``expand_timesteps``), which LatentDiffusion's frame tools and known-frame-mask training then use.
     Wan 2.1 and A14B condition on images through a CLIP tower and extra input channels instead (not
-    supported); with them this option is an untrained way in that a fine-tune would have to learn.
+    supported); on Wan 2.1 this option is a way in the model was not trained on, which a fine-tune would
+    have to learn, and A14B's two experts refuse it.
 
     Args:
         transformer_2_subfolder: the second (low-noise) expert's subfolder; None for one transformer.
