@@ -86,12 +86,15 @@ COGVIDEOX_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="sca
                          clip_sample=False, set_alpha_to_one=True, steps_offset=0)
 
 
-def build_tiny_cogvideox(root: Path, seed: int = 0, rope: bool = False, patch_size_t: int | None = None) -> Path:
+def build_tiny_cogvideox(root: Path, seed: int = 0, rope: bool = False, patch_size_t: int | None = None,
+                         i2v: bool = False) -> Path:
     """A tiny random CogVideoX folder: CogVideoXTransformer3DModel (2 blocks; learned-size sincos positions
     and 16 text tokens like CogVideoX-2b, or 3D RoPE like CogVideoX-5b with ``rope``; CogVideoX 1.5's
-    temporal patches with ``patch_size_t`` 2), AutoencoderKLCogVideoX (temporal factor 4, spatial factor 4,
+    temporal patches with ``patch_size_t`` 2; with ``i2v`` an image-to-video one, twice the input channels,
+    saved as a CogVideoXImageToVideoPipeline), AutoencoderKLCogVideoX (temporal factor 4, spatial factor 4,
     4 channels), T5 encoder, CogVideoXDDIMScheduler (v, SNR shift 3, zero terminal SNR, trailing)."""
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline,
+                           CogVideoXPipeline, CogVideoXTransformer3DModel)
     from transformers import AutoTokenizer
 
     with torch.random.fork_rng(devices=[]):
@@ -99,16 +102,17 @@ def build_tiny_cogvideox(root: Path, seed: int = 0, rope: bool = False, patch_si
         tok_dir = root / "tokenizer"
         vocab = write_t5_tokenizer(tok_dir, max_length=226)
         transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=2, attention_head_dim=16 if rope else 8, in_channels=4, out_channels=4,
+            num_attention_heads=2, attention_head_dim=16 if rope else 8, in_channels=8 if i2v else 4, out_channels=4,
             time_embed_dim=8, text_embed_dim=TEXT_DIM, num_layers=2, sample_width=8, sample_height=8,
             sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
             use_rotary_positional_embeddings=rope, patch_size_t=patch_size_t)
         vae = AutoencoderKLCogVideoX(block_out_channels=(8, 8, 16), down_block_types=("CogVideoXDownBlock3D",) * 3,
                                      up_block_types=("CogVideoXUpBlock3D",) * 3, latent_channels=4, layers_per_block=1,
                                      norm_num_groups=4, sample_height=32, sample_width=32, scaling_factor=0.7)
-        pipe = CogVideoXPipeline(tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)), text_encoder=t5_encoder("t5", vocab),
-                                 transformer=transformer.eval(), vae=vae.eval(),
-                                 scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULE))
+        pipeline = CogVideoXImageToVideoPipeline if i2v else CogVideoXPipeline
+        pipe = pipeline(tokenizer=AutoTokenizer.from_pretrained(str(tok_dir)), text_encoder=t5_encoder("t5", vocab),
+                        transformer=transformer.eval(), vae=vae.eval(),
+                        scheduler=CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULE))
         pipe.save_pretrained(str(root))
     return root
 
@@ -151,4 +155,5 @@ BUILDERS = {"wan": build_tiny_wan, "ltx": build_tiny_ltx,
             "wan22": lambda root, seed=0: build_tiny_wan(root, seed, two_experts=True),
             "wan22-5b": lambda root, seed=0: build_tiny_wan(root, seed, ti2v=True), "cogvideox": build_tiny_cogvideox,
             "cogvideox-rope": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True),
-            "cogvideox15": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True, patch_size_t=2)}
+            "cogvideox15": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True, patch_size_t=2),
+            "cogvideox-i2v": lambda root, seed=0: build_tiny_cogvideox(root, seed, rope=True, i2v=True)}

@@ -189,6 +189,12 @@ class LatentDiffusion(LightningModule):
         return int(getattr(self.unet, "frame_multiple", 1))
 
     @property
+    def pins_known_frames(self) -> bool:
+        """Whether sampling with the network's own frame input keeps the given frames as given (True, the
+        default) or lets the network generate them as well (CogVideoX image-to-video, as its pipeline does)."""
+        return bool(getattr(self.unet, "pins_known_frames", True))
+
+    @property
     def frame_conditioned(self) -> bool:
         """Whether the network takes known frames (``known``, ``known_mask``) as inputs."""
         return bool(getattr(self.unet, "frame_conditioning", False))
@@ -336,8 +342,9 @@ class LatentDiffusion(LightningModule):
             known_mask = draw_frame_masks(mask, self.frame_masks, cpu).to(z0.device)  # (B, t)
             extra = {**extra, "known": z0, "known_mask": known_mask}
             # known frames are inputs, pinned to their given values at sampling (frames_denoiser):
-            # predicting them teaches nothing, so the loss covers the frames to generate
-            loss_mask = mask & ~known_mask
+            # predicting them teaches nothing, so the loss covers the frames to generate (a network that
+            # generates its given frames too, CogVideoX image-to-video, keeps them in it)
+            loss_mask = mask & ~known_mask if self.pins_known_frames else mask
         z_t = diffuse(z0, eps, alpha, sigma)
         pred = self(z_t, logsnr, context, context_mask, batch.get("fps"), mask, **extra)
         target = training_target(z0, eps, alpha, sigma, self.target)
@@ -467,7 +474,8 @@ class LatentDiffusion(LightningModule):
 
         ``method`` (:data:`FRAME_METHODS`; None: ``"trained"`` for a frame-conditioned network, else
         ``"guidance"``): ``"trained"`` gives the known frames to the network in both CFG branches (the
-        caption is what CFG guides) and pins its estimate there to them; ``"replacement"`` and
+        caption is what CFG guides) and pins its estimate there to them (unless the network generates its
+        given frames too: :attr:`pins_known_frames`); ``"replacement"`` and
         ``"guidance"`` (reconstruction guidance, w_r = ``weight``) are the training-free wrappers of
         :func:`~latentvid.diffusion.known_frames.known_frames_denoiser`, and a frame-conditioned
         network then runs with no frame known. Every way, the sample's known frames are ``known``.
@@ -484,6 +492,8 @@ class LatentDiffusion(LightningModule):
                 raise ValueError("frames method 'trained' needs a frame-conditioned network (frame_conditioning: "
                                  "true, configs/i2v.yaml); use 'replacement' or 'guidance' with this model")
             denoise = self.guided_denoiser(captions, fps, guidance_scale, known=known, known_mask=known_mask)
+            if not self.pins_known_frames:
+                return denoise
             return known_frames_denoiser(denoise, known, known_mask, mode="replacement")
         mode = "replacement" if method == "replacement" else "reconstruction"
         return known_frames_denoiser(self.guided_denoiser(captions, fps, guidance_scale), known, known_mask,

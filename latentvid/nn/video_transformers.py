@@ -397,16 +397,16 @@ class PretrainedVideoTransformer(nn.Module):
         self._check(x, logsnr, context, context_mask, frame_mask, extra)
         timestep = self.timestep(logsnr)  # (B,)
         if known is not None or known_mask is not None:
-            x, timestep = self._given_frames(x, timestep, known, known_mask)  # timestep (B, T)
+            self._check_known(x, known, known_mask)
+        if self.frame_conditioning:
+            x, timestep = self._given_frames(x, timestep, known, known_mask)
         dtype = self.transformer.dtype
         out = self.predict(x.to(dtype), timestep, context.to(dtype), context_mask, fps)
         return out.to(x.dtype)
 
-    def _given_frames(self, x: Tensor, timestep: Tensor, known: Tensor | None, known_mask: Tensor | None
-                      ) -> tuple[Tensor, Tensor]:
-        """x with the known frames put in clean, and per-frame timesteps (B, T), 0 on them: how LTX-Video and
-        Wan 2.2 TI2V-5B condition on a first frame (their image-to-video pipelines). ValueError naming what
-        does not fit."""
+    def _check_known(self, x: Tensor, known: Tensor | None, known_mask: Tensor | None) -> None:
+        """ValueError naming what does not fit: known frames need ``frame_conditioning``, ``known`` shaped
+        like x and ``known_mask`` (B, T) bool."""
         name = type(self).__name__
         if not self.frame_conditioning:
             raise ValueError(f"{name}: known frames given but the model was built with frame_conditioning=False")
@@ -417,6 +417,14 @@ class PretrainedVideoTransformer(nn.Module):
         if known_mask is None or known_mask.dtype != torch.bool or known_mask.shape != (b, t):
             got = None if known_mask is None else f"{known_mask.dtype} {tuple(known_mask.shape)}"
             raise ValueError(f"{name}: known_mask must be bool ({b}, {t}), got {got}")
+
+    def _given_frames(self, x: Tensor, timestep: Tensor, known: Tensor | None, known_mask: Tensor | None
+                      ) -> tuple[Tensor, Tensor]:
+        """The network's input and timestep with given frames (checked; None: none given): x with them put
+        in clean, and per-frame timesteps (B, T), 0 on them, as LTX-Video and Wan 2.2 TI2V-5B condition on
+        a first frame (their image-to-video pipelines)."""
+        if known is None:
+            return x, timestep
         m = known_mask.to(x.device)
         x = torch.where(m[:, None, :, None, None], known.to(x), x)
         return x, timestep[:, None] * (~m).to(timestep.dtype)
@@ -534,19 +542,51 @@ class CogVideoXTransformer(PretrainedVideoTransformer):
     puts frame 0 again in front in training (CogVideoX's own fine-tuning does) and samples one more
     latent frame in front, dropped before decoding (as CogVideoXPipeline does).
 
+    An image-to-video transformer (CogVideoX 1.0 I2V: ``in_channels`` twice ``out_channels``) needs
+    ``frame_conditioning``: the given frames' latents (zero elsewhere) go in beside the noisy ones on the
+    channels, as CogVideoXImageToVideoPipeline gives the image, and the given frames are generated too,
+    not pinned (:attr:`pins_known_frames` False: LatentDiffusion then keeps them in the loss).
+
     Args:
         scheduler_config: the scheduler folder / file whose table defines the timestep map; None =
-            ``pretrained/scheduler``. Other args: see :class:`PretrainedVideoTransformer`.
+            ``pretrained/scheduler``.
+        frame_conditioning: take given frames, for an image-to-video transformer (above).
+        Other args: see :class:`PretrainedVideoTransformer`.
     """
 
     diffusers_class = "CogVideoXTransformer3DModel"
     lora_loader = "CogVideoXLoraLoaderMixin"
 
-    def __init__(self, pretrained: str, *args: Any, scheduler_config: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, pretrained: str, *args: Any, scheduler_config: str | None = None,
+                 frame_conditioning: bool = False, **kwargs: Any) -> None:
         super().__init__(pretrained, *args, **kwargs)
         from latentvid.diffusion.discrete import DiscreteSchedule
 
         self.schedule = DiscreteSchedule(pretrained=scheduler_config or str(Path(pretrained).expanduser()))
+        channels, out = int(self.config["in_channels"]), self.out_channels
+        image_to_video = channels == 2 * out
+        if frame_conditioning and (not image_to_video or self.config.get("patch_size_t")):
+            raise ValueError(f"CogVideoXTransformer: frame_conditioning needs a CogVideoX 1.0 image-to-video "
+                             f"transformer (in_channels twice out_channels, no patch_size_t); "
+                             f"{Path(pretrained) / 'transformer'} has {channels} and {out}")
+        if image_to_video and not frame_conditioning:
+            raise ValueError(f"CogVideoXTransformer: {Path(pretrained) / 'transformer'} is an image-to-video "
+                             f"transformer (in_channels {channels} = 2 x {out}): set frame_conditioning: true")
+        self.frame_conditioning = bool(frame_conditioning)
+        self.pins_known_frames = False  # the pipeline generates the given frame too
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the noisy latents (an image-to-video model takes as many again: the given frames)."""
+        return self.out_channels if self.frame_conditioning else int(self.config["in_channels"])
+
+    def _given_frames(self, x: Tensor, timestep: Tensor, known: Tensor | None, known_mask: Tensor | None
+                      ) -> tuple[Tensor, Tensor]:
+        """(B, 2C, T, H, W): x and the given frames' latents, zero on the others (all zero when none given)."""
+        if known is None:
+            return torch.cat([x, torch.zeros_like(x)], dim=1), timestep
+        m = known_mask.to(x.device)[:, None, :, None, None]
+        return torch.cat([x, torch.where(m, known.to(x), torch.zeros_like(x))], dim=1), timestep
 
     @property
     def context_dim(self) -> int:

@@ -148,7 +148,8 @@ def sample_with_frames(model: LatentDiffusion, captions: list[str], pixels: Tens
             denoise = known_frames_denoiser(denoise, pixels, mask[None].expand(b, -1), mode="reconstruction",
                                             weight=opts.weight * per_latent, alpha_sigma=model.schedule.alpha_sigma,
                                             decode=fs.decode)
-        if known is not None:  # keep the exact prefix latents through the pixel-space step
+        if known is not None and (method != "trained" or model.pins_known_frames):
+            # keep the exact prefix latents through the pixel-space step
             denoise = known_frames_denoiser(denoise, known, known_mask, mode="replacement")
     z = torch.randn(shape, generator=generator, device=device)
     z = model.run_sampler(denoise, z, opts.steps or model.hparams.sample_steps, opts.sampler or model.hparams.sampler,

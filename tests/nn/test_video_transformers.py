@@ -455,6 +455,76 @@ def test_cogvideox15_trains_on_the_first_latent_frame_put_in_front(tiny_video):
         image_to_video(model.eval(), batch["video"][:1, :, 0], [PROMPT], 9)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 6.0])
+def test_cogvideox_image_to_video_equals_cogvideox_image_to_video_pipeline(tiny_video, guidance):
+    """CogVideoX 1.0 I2V: the image's latents beside the noisy ones on the channels, the first frame generated."""
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    folder = tiny_video("cogvideox-i2v")
+    model = cogvideox_model(folder, frame_conditioning=True)
+    assert model.frame_conditioned and not model.pins_known_frames
+    pipe = CogVideoXImageToVideoPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
+                  max_sequence_length=16)
+    # the pipeline samples the image's VAE posterior with its generator: draw the same latents here
+    want = pipe(image=(image[0] + 1) / 2, prompt=PROMPT, latents=latents.transpose(1, 2).clone(),
+                generator=torch.Generator().manual_seed(11), output_type="latent", **kwargs).frames
+    with torch.no_grad():
+        first = pipe.vae.encode(image[:, :, None]).latent_dist.sample(torch.Generator().manual_seed(11))
+    known = torch.cat([first * pipe.vae.config.scaling_factor, torch.zeros(1, 4, 2, 4, 4)], 2)
+
+    pipe.scheduler.set_timesteps(4)
+    grid = torch.cat([model.schedule.logsnrs_at(pipe.scheduler.timesteps), torch.tensor([float("inf")])]).float()
+    denoise = model.frames_denoiser([PROMPT], 8.0, guidance, known, torch.tensor([[True, False, False]]),
+                                    method="trained")
+    z = run_sampler("ddim", denoise, latents, grid, alpha_sigma=model.schedule.alpha_sigma)
+    torch.testing.assert_close(z, want.transpose(1, 2), rtol=0, atol=1e-4)
+    assert (z[:, :, 0] - known[:, :, 0]).abs().max() > 1e-3  # frame 0 is generated, not pinned
+    with pytest.raises(ValueError, match="image-to-video transformer .* set frame_conditioning: true"):
+        CogVideoXTransformer(str(folder))
+    with pytest.raises(ValueError, match="frame_conditioning needs a CogVideoX 1.0 image-to-video transformer"):
+        CogVideoXTransformer(str(tiny_video("cogvideox")), frame_conditioning=True)
+
+
+def test_cogvideox_image_to_video_trains_on_its_given_frames_too(tiny_video):
+    from latentvid.diffusion.frame_masks import FrameMasks
+
+    model = cogvideox_model(tiny_video("cogvideox-i2v"), frame_conditioning=True)
+    model.frame_masks = FrameMasks(none=0.0, first=1.0, first_k=0.0, last_k=0.0, every_k=0.0)
+    seen = []
+    model.unet.transformer.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["hidden_states"]),
+                                                 with_kwargs=True)
+    batch = {"video": torch.rand(2, 3, 9, 16, 16) * 2 - 1, "caption": [PROMPT] * 2, "fps": torch.full((2,), 8.0),
+             "frame_mask": torch.ones(2, 9, dtype=torch.bool)}
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():
+        loss = model.diffusion_loss(batch, generator=g())
+        z0 = model.first_stage.encode(batch["video"])
+    given = seen[-1].transpose(1, 2)[:, 4:]  # (B, C, T, h, w): the image half of the input
+    torch.testing.assert_close(given[:, :, 0], z0[:, :, 0])
+    assert not given[:, :, 1:].any()
+    # frame 0 stays in the loss: a network that generates it must learn to
+    real = model.unet.forward
+
+    def bumped(*args, **kwargs):  # the prediction off by 100 on frame 0 only
+        out = real(*args, **kwargs).clone()
+        out[:, :, 0] += 100.0
+        return out
+
+    model.unet.forward = bumped
+    with torch.no_grad():
+        assert float(model.diffusion_loss(batch, generator=g())) > float(loss) + 100.0
+    model.unet.forward = real
+    from latentvid.pipelines.frames import image_to_video
+
+    video = image_to_video(model.eval(), batch["video"][:1, :, 0], [PROMPT], 9,
+                           generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 3, 9, 16, 16) and torch.isfinite(video).all()
+
+
 def test_cogvideox_sample_runs_every_sampler(tiny_video):
     model = cogvideox_model(tiny_video("cogvideox"))
     for sampler in ("ddim", "ancestral", "dpmpp_2m", "heun"):
