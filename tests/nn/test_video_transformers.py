@@ -374,15 +374,20 @@ def test_cogvideox_step_equals_cogvideox_ddim_scheduler(tiny_video):
         torch.testing.assert_close(ours, want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 6.0])
-def test_cogvideox_sampled_video_equals_cogvideox_pipeline(tiny_video, guidance):
+@pytest.mark.parametrize("kind, guidance", [("cogvideox", 1.0), ("cogvideox", 6.0), ("cogvideox15", 1.0),
+                                             ("cogvideox15", 6.0)])
+def test_cogvideox_sampled_video_equals_cogvideox_pipeline(tiny_video, kind, guidance):
+    """CogVideoX 1.0, and 1.5 (temporal patches of 2: 9 frames are 3 latent frames, so both sample 4 and
+    drop the first before decoding)."""
     from diffusers import CogVideoXPipeline
 
-    folder = tiny_video("cogvideox")
+    folder = tiny_video(kind)
     model = cogvideox_model(folder)
+    lead = 1 if kind == "cogvideox15" else 0
+    assert model.frame_multiple == 1 + lead
     pipe = CogVideoXPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
-    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))  # 9 frames of 16 x 16
+    latents = torch.randn(1, 4, 3 + lead, 4, 4, generator=torch.Generator().manual_seed(3))  # 9 frames of 16 x 16
     kwargs = dict(height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
                   max_sequence_length=16)
     want_latents = pipe(PROMPT, latents=latents.transpose(1, 2).clone(), output_type="latent", **kwargs).frames
@@ -393,44 +398,18 @@ def test_cogvideox_sampled_video_equals_cogvideox_pipeline(tiny_video, guidance)
     denoise = model.guided_denoiser([PROMPT], fps=8.0, guidance_scale=guidance)
     z = run_sampler("ddim", denoise, latents, grid, alpha_sigma=model.schedule.alpha_sigma)
     torch.testing.assert_close(z, want_latents.transpose(1, 2), rtol=0, atol=1e-4)
-    video = model.first_stage.decode(z).clamp(-1, 1)
+    video = model.first_stage.decode(z[:, :, lead:]).clamp(-1, 1)
+    assert want_video.shape[1] == 9
     torch.testing.assert_close((video.transpose(1, 2) + 1) / 2, want_video, rtol=0, atol=1e-4)
     assert want_latents.abs().max() > 0.1
     # the default time grid starts at zero SNR too, so model.sample takes the pipeline's first step
     assert model.schedule.sampling_logsnrs(4)[0] == grid[0] == float("-inf")
-
-
-@pytest.mark.parametrize("guidance", [1.0, 6.0])
-def test_cogvideox15_sampled_video_equals_cogvideox_pipeline(tiny_video, guidance):
-    """CogVideoX 1.5 (temporal patches of 2): 9 frames are 3 latent frames, so both sample 4 and drop the first."""
-    from diffusers import CogVideoXPipeline
-
-    folder = tiny_video("cogvideox15")
-    model = cogvideox_model(folder)
-    assert model.frame_multiple == 2
-    pipe = CogVideoXPipeline.from_pretrained(str(folder))
-    pipe.set_progress_bar_config(disable=True)
-    latents = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(3))  # (B, C, 1 + 3, h, w)
-    kwargs = dict(height=16, width=16, num_frames=9, num_inference_steps=4, guidance_scale=guidance,
-                  max_sequence_length=16)
-    want_latents = pipe(PROMPT, latents=latents.transpose(1, 2).clone(), output_type="latent", **kwargs).frames
-    want_video = pipe(PROMPT, latents=latents.transpose(1, 2).clone(), output_type="pt", **kwargs).frames
-
-    pipe.scheduler.set_timesteps(4)
-    grid = torch.cat([model.schedule.logsnrs_at(pipe.scheduler.timesteps), torch.tensor([float("inf")])]).float()
-    denoise = model.guided_denoiser([PROMPT], fps=8.0, guidance_scale=guidance)
-    z = run_sampler("ddim", denoise, latents, grid, alpha_sigma=model.schedule.alpha_sigma)
-    torch.testing.assert_close(z, want_latents.transpose(1, 2), rtol=0, atol=1e-4)
-    video = model.first_stage.decode(z[:, :, 1:]).clamp(-1, 1)
-    assert want_video.shape[1] == 9
-    torch.testing.assert_close((video.transpose(1, 2) + 1) / 2, want_video, rtol=0, atol=1e-4)
-    assert want_latents.abs().max() > 0.1
-    # model.sample (on latentvid's own grid) draws the 4 latent frames itself and drops the first
+    # model.sample (on latentvid's own grid) draws the leading latent frame itself and drops it
     video = model.sample([PROMPT], num_frames=9, height=16, width=16, steps=4, guidance_scale=guidance,
                          generator=[torch.Generator().manual_seed(7)])
-    noise = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(1, 4, 3 + lead, 4, 4, generator=torch.Generator().manual_seed(7))
     z = run_sampler("ddim", denoise, noise, model.schedule.sampling_logsnrs(4), alpha_sigma=model.schedule.alpha_sigma)
-    torch.testing.assert_close(video, model.first_stage.decode(z[:, :, 1:]).clamp(-1, 1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(video, model.first_stage.decode(z[:, :, lead:]).clamp(-1, 1), rtol=0, atol=1e-5)
 
 
 def test_cogvideox15_trains_on_the_first_latent_frame_put_in_front(tiny_video):
