@@ -54,6 +54,13 @@ def flow_sigma(logsnr: Tensor) -> Tensor:
     return torch.sigmoid(-0.5 * logsnr.to(torch.float64))
 
 
+def timesteps_per_token(timestep: Tensor, height: int, width: int) -> Tensor:
+    """Per-frame timesteps (B, T) -> per token (B, T height width) for a transformer whose tokens run frames
+    outermost, ``height`` x ``width`` patches a frame (Wan, LTX-Video with temporal patch 1)."""
+    b, t = timestep.shape
+    return timestep[:, :, None].expand(b, t, height * width).reshape(b, -1)
+
+
 def flow_timestep(logsnr: Tensor, num_train_timesteps: int = 1000) -> Tensor:
     """logSNR (...) -> a flow-matching model's timestep N * sigma (...) float64 (Wan, LTX-Video: N = 1000)."""
     return num_train_timesteps * flow_sigma(logsnr)
@@ -510,10 +517,8 @@ class WanTransformer(PretrainedVideoTransformer):
         if context_mask is not None:  # Wan's padding convention: zero vectors, attended
             context = context * context_mask[..., None].to(context.dtype)
         t = timestep.to(torch.float32)
-        if t.ndim == 2:  # per frame (B, T) -> per token (frames outermost), as WanImageToVideoPipeline passes them
-            b, _, frames, h, w = x.shape
-            p = self.downsample_factor
-            t = t[:, :, None].expand(b, frames, (h // p) * (w // p)).reshape(b, -1)
+        if t.ndim == 2:  # per frame, as WanImageToVideoPipeline passes them per token
+            t = timesteps_per_token(t, x.shape[3] // self.downsample_factor, x.shape[4] // self.downsample_factor)
         if self.transformer_2 is None:
             return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
         # Wan 2.2: the high-noise expert at timesteps >= boundary * 1000 (WanPipeline's rule), the other below
@@ -724,8 +729,8 @@ class LTXVideoTransformer(PretrainedVideoTransformer):
         scale = (self.vae_temporal / fps.to(device=x.device, dtype=torch.float32)).view(b, 1, 1, 1, 1)
         mask = context_mask if context_mask is not None else torch.ones(context.shape[:2], dtype=torch.bool,
                                                                         device=context.device)
-        if timestep.ndim == 2:  # per frame (B, T) -> per token, frames outermost as the tokens are packed
-            timestep = timestep[:, :, None].expand(b, t, (h // p) * (w // p)).reshape(b, -1)
+        if timestep.ndim == 2:  # per frame, as LTXImageToVideoPipeline passes them per token
+            timestep = timesteps_per_token(timestep, h // p, w // p)
         out = self.transformer(hidden_states=pack_latents(x, p, p_t), encoder_hidden_states=context,
                                timestep=timestep.to(torch.float32), encoder_attention_mask=mask,
                                num_frames=t // p_t, height=h // p, width=w // p,
